@@ -1,0 +1,181 @@
+"""picker's own Prometheus metrics.
+
+Names follow the Gateway API Inference Extension's endpoint picker where one exists, so
+dashboards built for it work unchanged (``inference_objective_*``, ``inference_pool_*``,
+``inference_extension_*``); picker-specific series use the ``picker_`` prefix.
+
+All metrics live in one ``Metrics`` object on its own registry, so tests and several
+in-process servers do not collide on the global default registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+_SCHED_BUCKETS = (
+    0.00001,
+    0.00002,
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+)
+_REQ_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.info = Info("inference_extension", "picker build information", registry=r)
+        # Requests, as the inference extension names them.
+        self.request_total = Counter(
+            "inference_objective_request_total",
+            "Requests routed, by model.",
+            ["model_name", "target_model_name"],
+            registry=r,
+        )
+        self.request_error_total = Counter(
+            "inference_objective_request_error_total",
+            "Requests answered by picker with an error, by model and error code.",
+            ["model_name", "target_model_name", "error_code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "inference_objective_request_duration_seconds",
+            "Request duration from the first header to the end of the response.",
+            ["model_name", "target_model_name"],
+            buckets=_REQ_BUCKETS,
+            registry=r,
+        )
+        self.running_requests = Gauge(
+            "inference_objective_running_requests",
+            "Requests picker has routed that have not finished yet.",
+            ["model_name"],
+            registry=r,
+        )
+        self.request_sizes = Histogram(
+            "inference_objective_request_sizes",
+            "Request body size in bytes.",
+            ["model_name", "target_model_name"],
+            buckets=(64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
+            registry=r,
+        )
+        # picker's own outcome counter: every request ends in exactly one outcome.
+        self.outcome_total = Counter(
+            "picker_requests_total",
+            "Requests seen by picker, by model, outcome and HTTP status picker decided.",
+            ["model_name", "outcome", "status"],
+            registry=r,
+        )
+        self.endpoint_outcome_total = Counter(
+            "picker_endpoint_responses_total",
+            "Responses that finished, by endpoint and status class.",
+            ["endpoint", "status_class"],
+            registry=r,
+        )
+        # Scheduling.
+        self.scheduler_duration = Histogram(
+            "inference_extension_scheduler_e2e_duration_seconds",
+            "Time to run one scheduling cycle (filters, scorers, picker).",
+            buckets=_SCHED_BUCKETS,
+            registry=r,
+        )
+        self.scheduler_attempts = Counter(
+            "inference_extension_scheduler_attempts_total",
+            "Scheduling attempts by result.",
+            ["status"],
+            registry=r,
+        )
+        # Pool and pod state (filled by the scraper).
+        self.pool_ready_pods = Gauge(
+            "inference_pool_ready_pods", "Ready pods in the pool.", ["name"], registry=r
+        )
+        self.pool_avg_kv = Gauge(
+            "inference_pool_average_kv_cache_utilization",
+            "Average KV-cache utilization across the pool's ready pods (0-1).",
+            ["name"],
+            registry=r,
+        )
+        self.pool_avg_queue = Gauge(
+            "inference_pool_average_queue_size",
+            "Average waiting-queue length across the pool's ready pods.",
+            ["name"],
+            registry=r,
+        )
+        self.pool_avg_running = Gauge(
+            "inference_pool_average_running_requests",
+            "Average running requests across the pool's ready pods.",
+            ["name"],
+            registry=r,
+        )
+        self.pod_queue = Gauge(
+            "inference_pool_per_pod_queue_size",
+            "Waiting-queue length per pod, as last scraped.",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.pod_kv = Gauge(
+            "picker_pod_kv_cache_utilization",
+            "KV-cache utilization per pod, as last scraped (0-1).",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.pod_running = Gauge(
+            "picker_pod_running_requests",
+            "Running requests per pod, as last scraped.",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.pod_inflight = Gauge(
+            "picker_pod_inflight_requests",
+            "Requests picker sent to the pod that have not finished.",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.pod_ready = Gauge(
+            "picker_pod_ready",
+            "1 when the pod is eligible for routing (fresh metrics), else 0.",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.scrape_errors = Counter(
+            "picker_scrape_errors_total",
+            "Failed metric scrapes per pod.",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.scrape_age = Gauge(
+            "picker_scrape_age_seconds",
+            "Seconds since the pod's last successful scrape.",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.shed_total = Counter(
+            "picker_shed_total",
+            "Requests rejected with 429 because the pool was saturated.",
+            ["model_name"],
+            registry=r,
+        )
+        self.queued_total = Counter(
+            "picker_flow_control_queued_total",
+            "Requests held in picker's flow-control queue.",
+            ["model_name"],
+            registry=r,
+        )
+        self.flow_queue_size = Gauge(
+            "inference_extension_flow_control_queue_size",
+            "Requests currently waiting in picker's flow-control queue.",
+            registry=r,
+        )
+        self.prefix_indexer_size = Gauge(
+            "inference_extension_prefix_indexer_size",
+            "Block hashes held by the prefix index.",
+            registry=r,
+        )
