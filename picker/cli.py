@@ -1,0 +1,111 @@
+"""The ``picker`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from picker import __version__
+from picker.config import Config, PoolConfig, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="picker",
+        description="Body-aware endpoint picker for LLM serving (Envoy ext_proc server).",
+    )
+    p.add_argument("--version", action="version", version=f"picker {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the ext_proc gRPC server")
+    s.add_argument("-c", "--config", help="YAML config file (see README)")
+    s.add_argument(
+        "-e",
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a model-server endpoint (repeatable); added to a pool serving --model",
+    )
+    s.add_argument(
+        "--model", default="*", help="model ID the --endpoint pool serves (default: any)"
+    )
+    s.add_argument("--grpc-host", help="address to bind the ext_proc server (default 0.0.0.0)")
+    s.add_argument("--grpc-port", type=int, help="ext_proc gRPC port (default 9002)")
+    s.add_argument("--metrics-host", help="address for the Prometheus endpoint")
+    s.add_argument(
+        "--metrics-port", type=int, help="Prometheus port (default 9090; -1 disables)"
+    )
+    s.add_argument("--policy", help="picker plugin: max_score, p2c, random, round_robin")
+    s.add_argument("--no-scrape", action="store_true", help="do not scrape pod metrics")
+    s.add_argument("--scrape-interval", type=float, help="seconds between scrapes (0.05)")
+    s.add_argument("--log-level", default="INFO")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config) if args.config else Config()
+    if args.endpoint:
+        cfg.pools.append(
+            PoolConfig(name="cli", endpoints=list(args.endpoint), models=[args.model])
+        )
+    for attr in ("grpc_host", "grpc_port", "metrics_host", "metrics_port"):
+        value = getattr(args, attr)
+        if value is not None:
+            setattr(cfg, attr, value)
+    if args.policy:
+        cfg.scheduler = dict(cfg.scheduler or {})
+        from picker.scheduling.profile import DEFAULT_PROFILE
+
+        for k, v in DEFAULT_PROFILE.items():
+            cfg.scheduler.setdefault(k, v)
+        cfg.scheduler["picker"] = args.policy
+    if args.no_scrape:
+        cfg.scrape.enabled = False
+    if args.scrape_interval is not None:
+        cfg.scrape.interval = args.scrape_interval
+    if not cfg.pools:
+        raise SystemExit("picker: no endpoints; give --endpoint HOST:PORT or a --config file")
+    return cfg
+
+
+async def _serve(cfg: Config) -> None:
+    from picker.server import PickerServer
+
+    server = PickerServer(cfg)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"picker ready grpc={server.grpc_port} metrics={server.metrics_port}", flush=True)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, OSError) as e:
+        print(f"picker: {e}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.run(_serve(cfg))
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(_serve(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Configuration: a YAML file plus command-line overrides.
+
+Two ways to name endpoints, both accepted in one file::
+
+    # short form: model ID (or "*") → endpoints
+    models:
+      meta-llama/Llama-3.1-8B-Instruct: ["10.0.0.1:8000", "10.0.0.2:8000"]
+      "*": ["10.0.0.3:8000"]
+
+    # full form: pools with adapters and the model-server type
+    pools:
+      - name: llama
+        models: [meta-llama/Llama-3.1-8B-Instruct]
+        adapters: [sql-lora]
+        model_server: vllm          # vllm | sglang | trtllm (metric names)
+        endpoints: ["10.0.0.1:8000", "10.0.0.2:8000"]
+
+See README.md for every key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picker.datastore import Datastore, Endpoint, Pool
+from picker.request import Criticality
+
+
+@dataclass
+class PoolConfig:
+    name: str
+    endpoints: list[str]
+    models: list[str] = field(default_factory=lambda: ["*"])
+    adapters: list[str] = field(default_factory=list)
+    model_server: str = "vllm"
+
+
+@dataclass
+class ScrapeConfig:
+    interval: float = 0.05
+    timeout: float = 1.0
+    stale_after: float = 2.0
+    max_failures: int = 3
+    path: str = "/metrics"
+    enabled: bool = True
+
+
+@dataclass
+class SaturationConfig:
+    """A pod is saturated past either threshold; a pool when all its candidates are."""
+
+    queue_threshold: int = 8
+    kv_threshold: float = 0.9
+    retry_after_seconds: int = 1
+
+
+@dataclass
+class Config:
+    pools: list[PoolConfig] = field(default_factory=list)
+    scheduler: dict[str, Any] | None = None
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 9002
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
+    max_body_bytes: int = 16 * 2**20
+    scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
+    saturation: SaturationConfig = field(default_factory=SaturationConfig)
+    # model ID or adapter name → default criticality (overridden by the request header)
+    criticality: dict[str, Criticality] = field(default_factory=dict)
+    default_criticality: Criticality = Criticality.STANDARD
+
+    def datastore(self) -> Datastore:
+        pools = [
+            Pool(
+                name=p.name,
+                endpoints=[Endpoint(address=normalize_address(a), pool=p.name) for a in p.endpoints],
+                models=frozenset(p.models),
+                adapters=frozenset(p.adapters),
+                model_server=p.model_server,
+            )
+            for p in self.pools
+        ]
+        return Datastore(pools)
+
+
+def normalize_address(addr: str) -> str:
+    """``host:port`` with a numeric port; raises ValueError otherwise."""
+    addr = addr.strip()
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint {addr!r} is not host:port")
+    return f"{host}:{int(port)}"
+
+
+def parse_criticality(value: str) -> Criticality:
+    try:
+        return Criticality[value.strip().upper()]
+    except KeyError:
+        raise ValueError(
+            f"criticality {value!r} is not one of critical, standard, sheddable"
+        ) from None
+
+
+def _dataclass_from(cls: type[Any], data: dict[str, Any], where: str) -> Any:
+    known = set(cls.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**data)
+
+
+def load_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> Config:
+    """Reads a config file (or an already-parsed mapping) into a ``Config``."""
+    if data is None:
+        data = {}
+        if path is not None:
+            loaded = yaml.safe_load(Path(path).read_text())
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ValueError(f"{path}: top level must be a mapping")
+            data = loaded or {}
+    data = dict(data)
+    cfg = Config()
+    for name, eps in dict(data.pop("models", {}) or {}).items():
+        cfg.pools.append(PoolConfig(name=str(name), endpoints=list(eps), models=[str(name)]))
+    for i, p in enumerate(data.pop("pools", []) or []):
+        cfg.pools.append(_dataclass_from(PoolConfig, dict(p), f"pools[{i}]"))
+    if "scheduler" in data:
+        cfg.scheduler = dict(data.pop("scheduler") or {})
+    if "scrape" in data:
+        cfg.scrape = _dataclass_from(ScrapeConfig, dict(data.pop("scrape")), "scrape")
+    if "saturation" in data:
+        cfg.saturation = _dataclass_from(
+            SaturationConfig, dict(data.pop("saturation")), "saturation"
+        )
+    for model, crit in dict(data.pop("criticality", {}) or {}).items():
+        cfg.criticality[str(model)] = parse_criticality(str(crit))
+    if "default_criticality" in data:
+        cfg.default_criticality = parse_criticality(str(data.pop("default_criticality")))
+    for key in ("grpc_host", "metrics_host"):
+        if key in data:
+            setattr(cfg, key, str(data.pop(key)))
+    for key in ("grpc_port", "metrics_port", "max_body_bytes"):
+        if key in data:
+            setattr(cfg, key, int(data.pop(key)))
+    if data:
+        raise ValueError(f"unknown config keys: {sorted(data)}")
+    for p in cfg.pools:
+        for a in p.endpoints:
+            normalize_address(a)
+    return cfg
