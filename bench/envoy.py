@@ -16,10 +16,12 @@ import orjson
 BODY_MODES = ("NONE", "STREAMED", "BUFFERED", "BUFFERED_PARTIAL", "FULL_DUPLEX_STREAMED")
 
 
-def _listener(port: int, http_filters: list[dict[str, Any]], cluster: str) -> dict[str, Any]:
+def _listener(
+    port: int, http_filters: list[dict[str, Any]], cluster: str, host: str = "127.0.0.1"
+) -> dict[str, Any]:
     return {
         "name": "ingress",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "address": {"socket_address": {"address": host, "port_value": port}},
         "filter_chains": [
             {
                 "filters": [
@@ -119,6 +121,7 @@ def picker_config(
     response_body_mode: str = "FULL_DUPLEX_STREAMED",
     failure_mode_allow: bool = False,
     subset_hint: list[str] | None = None,
+    listen_host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """Envoy → ext_proc(picker) → ORIGINAL_DST cluster driven by picker's header."""
     assert request_body_mode in BODY_MODES and response_body_mode in BODY_MODES
@@ -166,7 +169,9 @@ def picker_config(
     return {
         "admin": _admin(admin_port),
         "static_resources": {
-            "listeners": [_listener(listen_port, filters, "original_destination_cluster")],
+            "listeners": [
+                _listener(listen_port, filters, "original_destination_cluster", listen_host)
+            ],
             "clusters": [
                 {
                     "name": "original_destination_cluster",
@@ -200,6 +205,20 @@ def cluster_config(
     }
 
 
+def main() -> None:
+    """Prints the picker Envoy config as YAML: ``python -m bench.envoy > deploy/envoy.yaml``."""
+    import yaml
+
+    cfg = picker_config(8080, 9002, 9901, listen_host="0.0.0.0")
+    print("# Envoy in front of picker (rendered by `python -m bench.envoy`).")
+    print("# Listener :8080 -> ext_proc picker at 127.0.0.1:9002 -> the pod picker chose.")
+    print(yaml.safe_dump(cfg, sort_keys=False), end="")
+
+
 def dumps(config: dict[str, Any]) -> bytes:
     """Envoy reads JSON as YAML; JSON keeps the output dependency-free and exact."""
     return orjson.dumps(config, option=orjson.OPT_INDENT_2)
+
+
+if __name__ == "__main__":
+    main()

@@ -82,7 +82,9 @@ def main() -> None:
                 pid = next(p.pid for name, p in st.procs.children if name == "picker")
                 rows.append((f"envoy + picker ({mode})", measure(st, args, pid)))
     base = rows[0][1]
-    print(f"{'setup':40} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'max rps':>9} {'CPU us/req':>11}")
+    print(
+        f"{'setup':40} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'max rps':>9} {'CPU us/req':>11}"
+    )
     for name, r in rows:
         cpu = f"{r['cpu_us_per_req']:.0f}" if r["cpu_us_per_req"] else "-"
         print(

@@ -111,7 +111,9 @@ class Procs:
             if ready in self.log(name):
                 break
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-4000:]}")
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode}:\n{self.log(name)[-4000:]}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not ready after {timeout}s:\n{self.log(name)[-4000:]}")
             time.sleep(0.05)
@@ -123,7 +125,11 @@ class Procs:
         return proc
 
     def start_envoy(
-        self, name: str, config: dict[str, Any], listen_port: int, admin_port: int,
+        self,
+        name: str,
+        config: dict[str, Any],
+        listen_port: int,
+        admin_port: int,
         concurrency: int = 1,
     ) -> subprocess.Popen[bytes]:
         cfg_path = self.dir / f"{name}.json"
@@ -132,10 +138,13 @@ class Procs:
             name,
             [
                 envoy_binary(),
-                "-c", str(cfg_path),
-                "--concurrency", str(concurrency),
+                "-c",
+                str(cfg_path),
+                "--concurrency",
+                str(concurrency),
                 "--disable-hot-restart",
-                "--log-level", "warn",
+                "--log-level",
+                "warn",
             ],
             port=listen_port,
         )
@@ -143,9 +152,7 @@ class Procs:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{admin_port}/ready", timeout=1
-                ) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
                     if r.status == 200:
                         break
             except OSError:

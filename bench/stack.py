@@ -71,12 +71,19 @@ class Stack:
             self.procs.start("echo", argv, ready="echo ready")
             return
         argv = [
-            sys.executable, "-m", "bench.sim",
-            "--pods", str(self.pods),
-            "--host", "127.0.0.1",
-            "--ports", ",".join(map(str, ports)),
-            "--model", self.model,
-            "--time-scale", str(self.time_scale),
+            sys.executable,
+            "-m",
+            "bench.sim",
+            "--pods",
+            str(self.pods),
+            "--host",
+            "127.0.0.1",
+            "--ports",
+            ",".join(map(str, ports)),
+            "--model",
+            self.model,
+            "--time-scale",
+            str(self.time_scale),
         ]
         if self.speeds:
             argv += ["--speed", ",".join(map(str, self.speeds))]

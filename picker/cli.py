@@ -36,9 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-host", help="address to bind the ext_proc server (default 0.0.0.0)")
     s.add_argument("--grpc-port", type=int, help="ext_proc gRPC port (default 9002)")
     s.add_argument("--metrics-host", help="address for the Prometheus endpoint")
-    s.add_argument(
-        "--metrics-port", type=int, help="Prometheus port (default 9090; -1 disables)"
-    )
+    s.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090; -1 disables)")
     s.add_argument("--policy", help="picker plugin: max_score, p2c, random, round_robin")
     s.add_argument("--no-scrape", action="store_true", help="do not scrape pod metrics")
     s.add_argument("--scrape-interval", type=float, help="seconds between scrapes (0.05)")
@@ -49,9 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config) if args.config else Config()
     if args.endpoint:
-        cfg.pools.append(
-            PoolConfig(name="cli", endpoints=list(args.endpoint), models=[args.model])
-        )
+        cfg.pools.append(PoolConfig(name="cli", endpoints=list(args.endpoint), models=[args.model]))
     for attr in ("grpc_host", "grpc_port", "metrics_host", "metrics_port"):
         value = getattr(args, attr)
         if value is not None:

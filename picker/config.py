@@ -77,7 +77,9 @@ class Config:
         pools = [
             Pool(
                 name=p.name,
-                endpoints=[Endpoint(address=normalize_address(a), pool=p.name) for a in p.endpoints],
+                endpoints=[
+                    Endpoint(address=normalize_address(a), pool=p.name) for a in p.endpoints
+                ],
                 models=frozenset(p.models),
                 adapters=frozenset(p.adapters),
                 model_server=p.model_server,

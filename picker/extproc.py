@@ -24,8 +24,6 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 
 from picker.routing import Director, Rejected, Routed
 
@@ -252,8 +250,10 @@ class ExtProcService:
                 elif which == "request_body":
                     rb = req.request_body
                     if st.req_mode < 0:
-                        st.req_mode = self.default_request_mode if not rb.end_of_stream else (
-                            BUFFERED if not st.body else self.default_request_mode
+                        st.req_mode = (
+                            self.default_request_mode
+                            if not rb.end_of_stream
+                            else (BUFFERED if not st.body else self.default_request_mode)
                         )
                     chunk = rb.body
                     if chunk:

@@ -75,9 +75,7 @@ class Director:
 
     def _reject(self, model: str, err: RequestError, outcome: str) -> Rejected:
         self._child(self.metrics.outcome_total, model, outcome, str(err.status)).inc()
-        self._child(
-            self.metrics.request_error_total, model, model, err.code or outcome
-        ).inc()
+        self._child(self.metrics.request_error_total, model, model, err.code or outcome).inc()
         headers: tuple[tuple[str, str], ...] = ()
         if err.status == 429:
             headers = (("retry-after", str(self._sat.retry_after_seconds)),)
@@ -134,7 +132,9 @@ class Director:
         candidates = pool.ready()
         if not candidates:
             return self._reject(
-                req.model, errors.no_capacity(f"no ready endpoint for pool {pool.name!r}"), "no_endpoint"
+                req.model,
+                errors.no_capacity(f"no ready endpoint for pool {pool.name!r}"),
+                "no_endpoint",
             )
         if req.criticality is Criticality.SHEDDABLE and self.saturated(candidates):
             self._child(self.metrics.shed_total, req.model).inc()
@@ -144,8 +144,10 @@ class Director:
         self.metrics.scheduler_duration.observe(time.perf_counter() - started)
         if not ranked:
             self._child(self.metrics.scheduler_attempts, "failure").inc()
-            reason = "no endpoint in the proxy's subset is eligible" if subset is not None else (
-                "no eligible endpoint"
+            reason = (
+                "no endpoint in the proxy's subset is eligible"
+                if subset is not None
+                else ("no eligible endpoint")
             )
             return self._reject(req.model, errors.no_capacity(reason), "no_endpoint")
         self._child(self.metrics.scheduler_attempts, "success").inc()
@@ -165,10 +167,7 @@ class Director:
         """True when every candidate is past the queue or the KV-cache threshold."""
         qt = self._sat.queue_threshold
         kt = self._sat.kv_threshold
-        for e in candidates:
-            if effective_queue(e) < qt and e.metrics.kv_usage < kt:
-                return False
-        return True
+        return all(effective_queue(e) >= qt or e.metrics.kv_usage >= kt for e in candidates)
 
     def served_by(self, routed: Routed, address: str) -> None:
         """The proxy reports which endpoint served (a fallback, after a retry)."""
