@@ -37,13 +37,16 @@ class PoolConfig:
     models: list[str] = field(default_factory=lambda: ["*"])
     adapters: list[str] = field(default_factory=list)
     model_server: str = "vllm"
+    # Metric-name overrides for this pool, e.g. {"waiting": "my_queue_len"}; see
+    # picker.metrics_text.MetricNames for the keys.
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ScrapeConfig:
     interval: float = 0.05
     timeout: float = 1.0
-    stale_after: float = 2.0
+    stale_after: float = 1.0
     max_failures: int = 3
     path: str = "/metrics"
     enabled: bool = True

@@ -63,7 +63,8 @@ def _streamed(field: str, body: bytes, end: bool) -> bytes:
     resp = pb.ProcessingResponse()
     getattr(resp, field).response.body_mutation.streamed_response.body = body
     getattr(resp, field).response.body_mutation.streamed_response.end_of_stream = end
-    return resp.SerializeToString()
+    out: bytes = resp.SerializeToString()
+    return out
 
 
 _RESP_BODY_EMPTY_END = _streamed("response_body", b"", True)
@@ -120,7 +121,7 @@ def _served_address(req: Any) -> str | None:
 def immediate(rejected: Rejected) -> bytes:
     resp = pb.ProcessingResponse()
     imm = resp.immediate_response
-    imm.status.code = rejected.status  # type: ignore[assignment]
+    imm.status.code = rejected.status
     imm.body = rejected.body
     imm.details = "picker"
     hm = imm.headers
@@ -133,7 +134,8 @@ def immediate(rejected: Rejected) -> bytes:
         opt.header.key = k
         opt.header.raw_value = v.encode()
         opt.append_action = _OVERWRITE
-    return resp.SerializeToString()
+    out: bytes = resp.SerializeToString()
+    return out
 
 
 def _route_mutation(common: Any, routed: Routed, content_length: int | None) -> None:
@@ -159,7 +161,8 @@ def headers_routed(routed: Routed, content_length: int | None = None) -> bytes:
     resp = pb.ProcessingResponse()
     _route_mutation(resp.request_headers.response, routed, content_length)
     _set_metadata(resp, routed)
-    return resp.SerializeToString()
+    out: bytes = resp.SerializeToString()
+    return out
 
 
 def body_routed(routed: Routed) -> bytes:
@@ -167,27 +170,39 @@ def body_routed(routed: Routed) -> bytes:
     resp = pb.ProcessingResponse()
     _route_mutation(resp.request_body.response, routed, None)
     _set_metadata(resp, routed)
-    return resp.SerializeToString()
+    out: bytes = resp.SerializeToString()
+    return out
 
 
-class _Stream:
-    """State of one HTTP request's ext_proc stream."""
+class StreamProcessor:
+    """The state machine of one HTTP request's ext_proc stream.
+
+    Synchronous on purpose: ``handle`` takes one ``ProcessingRequest`` and returns the
+    serialized responses to send, so the transport (grpc.aio, or picker's own HTTP/2
+    server) needs no task or generator per stream. After ``done`` becomes true the
+    transport ends the stream; ``close`` must be called exactly once when the stream
+    ends for any reason (it releases the in-flight accounting of a reset stream).
+    """
 
     __slots__ = (
         "body",
         "body_len",
+        "director",
+        "done",
         "objective",
         "path",
-        "rejected",
         "req_mode",
         "request_id",
         "resp_mode",
         "routed",
+        "service",
         "status",
         "subset",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, service: ExtProcService) -> None:
+        self.service = service
+        self.director = service.director
         self.path = "/"
         self.objective: str | None = None
         self.request_id = ""
@@ -195,10 +210,149 @@ class _Stream:
         self.body_len = 0
         self.subset: frozenset[str] | None = None
         self.routed: Routed | None = None
-        self.rejected = False
+        self.done = False
         self.status = 0
         self.req_mode = -1  # unknown until protocol_config or the first body message
         self.resp_mode = -1
+
+    def _decide(self, body: bytes | None) -> Routed | Rejected:
+        try:
+            return self.director.decide(
+                self.path,
+                body,
+                objective=self.objective,
+                subset=self.subset,
+                request_id=self.request_id,
+            )
+        except Exception:  # a bug must cost one request, never the stream or the server
+            log.exception("routing failed for %s", self.path)
+            return self.director.internal_error()
+
+    def _reject(self, rejected: Rejected) -> list[bytes]:
+        self.done = True
+        return [immediate(rejected)]
+
+    def handle(self, req: pb.ProcessingRequest) -> list[bytes]:
+        which = req.WhichOneof("request")
+        if which == "request_headers":
+            return self._request_headers(req)
+        if which == "request_body":
+            return self._request_body(req.request_body)
+        if which == "response_headers":
+            return self._response_headers(req)
+        if which == "response_body":
+            return self._response_body(req.response_body)
+        if which == "request_trailers":
+            if self.routed is None and self.req_mode == FULL_DUPLEX_STREAMED:
+                out = self._route_body()
+                if self.done:
+                    return out
+                out.append(_REQ_TRAILERS_CONTINUE)
+                return out
+            return [_REQ_TRAILERS_CONTINUE]
+        if which == "response_trailers":
+            self._finish()
+            return [_RESP_TRAILERS_CONTINUE]
+        return []
+
+    def close(self) -> None:
+        """The stream ended (normally or reset): release what is still accounted."""
+        self._finish()
+
+    def _finish(self) -> None:
+        routed = self.routed
+        if routed is not None and not routed.finished:
+            self.director.finish(routed, self.status)
+
+    def _request_headers(self, req: pb.ProcessingRequest) -> list[bytes]:
+        if req.HasField("protocol_config"):
+            self.req_mode = req.protocol_config.request_body_mode
+            self.resp_mode = req.protocol_config.response_body_mode
+        if req.HasField("metadata_context"):
+            self.subset = _subset_hint(req)
+        hdrs = req.request_headers
+        for h in hdrs.headers.headers:
+            key = h.key
+            if key == ":path":
+                self.path = _header_value(h)
+            elif key == OBJECTIVE_HEADER:
+                self.objective = _header_value(h)
+            elif key == "x-request-id":
+                self.request_id = _header_value(h)
+        if hdrs.end_of_stream:
+            result = self._decide(None)
+            if isinstance(result, Rejected):
+                return self._reject(result)
+            self.routed = result
+            return [headers_routed(result)]
+        if self.req_mode == FULL_DUPLEX_STREAMED:
+            return []  # the headers response waits for the whole body
+        return [_REQ_HEADERS_CONTINUE]
+
+    def _request_body(self, rb: pb.HttpBody) -> list[bytes]:
+        if self.req_mode < 0:
+            self.req_mode = self.service.default_request_mode
+        chunk = rb.body
+        if chunk:
+            self.body.append(chunk)
+            self.body_len += len(chunk)
+            limit = self.service.max_body
+            if self.body_len > limit:
+                return self._reject(self.director.reject_too_large(limit))
+        if rb.end_of_stream or rb.end_of_stream_without_message:
+            return self._route_body()
+        if self.req_mode != FULL_DUPLEX_STREAMED:
+            return [_REQ_BODY_CONTINUE]
+        return []
+
+    def _route_body(self) -> list[bytes]:
+        parts = self.body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.body = []
+        result = self._decide(body)
+        if isinstance(result, Rejected):
+            return self._reject(result)
+        self.routed = result
+        if self.req_mode != FULL_DUPLEX_STREAMED:
+            return [body_routed(result)]
+        out = [headers_routed(result)]
+        n = len(body)
+        if n <= _STREAM_CHUNK:
+            out.append(_streamed("request_body", body, True))
+        else:
+            for off in range(0, n, _STREAM_CHUNK):
+                end = off + _STREAM_CHUNK >= n
+                out.append(_streamed("request_body", body[off : off + _STREAM_CHUNK], end))
+        return out
+
+    def _response_headers(self, req: pb.ProcessingRequest) -> list[bytes]:
+        if self.resp_mode < 0 and req.HasField("protocol_config"):
+            self.resp_mode = req.protocol_config.response_body_mode
+        routed = self.routed
+        if routed is not None:
+            if req.HasField("metadata_context"):
+                served = _served_address(req)
+                if served is not None:
+                    self.director.served_by(routed, served)
+            self.status = _status_of(req.response_headers)
+            if req.response_headers.end_of_stream:
+                self._finish()
+        return [_RESP_HEADERS_CONTINUE]
+
+    def _response_body(self, rb: pb.HttpBody) -> list[bytes]:
+        end = rb.end_of_stream or rb.end_of_stream_without_message
+        if self.resp_mode == FULL_DUPLEX_STREAMED:
+            if rb.body or rb.end_of_stream:
+                out = [_streamed("response_body", rb.body, rb.end_of_stream)]
+            elif end:
+                out = [_RESP_BODY_EMPTY_END]
+            else:
+                out = []
+        else:
+            out = [_RESP_BODY_CONTINUE]
+        if end:
+            self._finish()
+        return out
 
 
 class ExtProcService:
@@ -209,124 +363,19 @@ class ExtProcService:
         self.default_request_mode = default_request_mode
         self.max_body = director.config.max_body_bytes
 
-    def _decide(self, st: _Stream, body: bytes | None) -> Routed | Rejected:
-        return self.director.decide(
-            st.path, body, objective=st.objective, subset=st.subset, request_id=st.request_id
-        )
+    def stream(self) -> StreamProcessor:
+        return StreamProcessor(self)
 
     async def process(
         self, requests: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        st = _Stream()
-        director = self.director
+        """grpc.aio entry point: drives a ``StreamProcessor`` from the request iterator."""
+        proc = StreamProcessor(self)
         try:
             async for req in requests:
-                which = req.WhichOneof("request")
-                if which == "request_headers":
-                    if req.HasField("protocol_config"):
-                        st.req_mode = req.protocol_config.request_body_mode
-                        st.resp_mode = req.protocol_config.response_body_mode
-                    st.subset = _subset_hint(req)
-                    hdrs = req.request_headers
-                    for h in hdrs.headers.headers:
-                        key = h.key
-                        if key == ":path":
-                            st.path = _header_value(h)
-                        elif key == OBJECTIVE_HEADER:
-                            st.objective = _header_value(h)
-                        elif key == "x-request-id":
-                            st.request_id = _header_value(h)
-                    if hdrs.end_of_stream:
-                        result = self._decide(st, None)
-                        if isinstance(result, Rejected):
-                            yield immediate(result)
-                            return
-                        st.routed = result
-                        yield headers_routed(result)
-                    elif st.req_mode == FULL_DUPLEX_STREAMED:
-                        pass  # the headers response waits for the whole body
-                    else:
-                        yield _REQ_HEADERS_CONTINUE
-                elif which == "request_body":
-                    rb = req.request_body
-                    if st.req_mode < 0:
-                        st.req_mode = (
-                            self.default_request_mode
-                            if not rb.end_of_stream
-                            else (BUFFERED if not st.body else self.default_request_mode)
-                        )
-                    chunk = rb.body
-                    if chunk:
-                        st.body.append(chunk)
-                        st.body_len += len(chunk)
-                        if st.body_len > self.max_body:
-                            yield immediate(director.reject_too_large(self.max_body))
-                            return
-                    if rb.end_of_stream or rb.end_of_stream_without_message:
-                        async for out in self._route_body(st):
-                            yield out
-                        if st.rejected:
-                            return
-                    elif st.req_mode != FULL_DUPLEX_STREAMED:
-                        yield _REQ_BODY_CONTINUE
-                elif which == "request_trailers":
-                    if st.routed is None and st.req_mode == FULL_DUPLEX_STREAMED:
-                        async for out in self._route_body(st):
-                            yield out
-                        if st.rejected:
-                            return
-                    yield _REQ_TRAILERS_CONTINUE
-                elif which == "response_headers":
-                    if req.HasField("protocol_config") and st.resp_mode < 0:
-                        st.resp_mode = req.protocol_config.response_body_mode
-                    routed = st.routed
-                    if isinstance(routed, Routed):
-                        served = _served_address(req)
-                        if served is not None:
-                            director.served_by(routed, served)
-                        st.status = _status_of(req.response_headers)
-                        yield _RESP_HEADERS_CONTINUE
-                        if req.response_headers.end_of_stream:
-                            director.finish(routed, st.status)
-                    else:
-                        yield _RESP_HEADERS_CONTINUE
-                elif which == "response_body":
-                    rb = req.response_body
-                    end = rb.end_of_stream or rb.end_of_stream_without_message
-                    if st.resp_mode == FULL_DUPLEX_STREAMED:
-                        if rb.body or rb.end_of_stream:
-                            yield _streamed("response_body", rb.body, rb.end_of_stream)
-                        elif end:
-                            yield _RESP_BODY_EMPTY_END
-                    else:
-                        yield _RESP_BODY_CONTINUE
-                    if end and isinstance(st.routed, Routed):
-                        director.finish(st.routed, st.status)
-                elif which == "response_trailers":
-                    yield _RESP_TRAILERS_CONTINUE
-                    if isinstance(st.routed, Routed):
-                        director.finish(st.routed, st.status)
+                for out in proc.handle(req):
+                    yield out
+                if proc.done:
+                    return
         finally:
-            if isinstance(st.routed, Routed) and not st.routed.finished:
-                director.finish(st.routed, st.status)
-
-    async def _route_body(self, st: _Stream) -> AsyncIterator[bytes]:
-        body = b"".join(st.body) if len(st.body) != 1 else st.body[0]
-        st.body = []
-        result = self._decide(st, body)
-        if isinstance(result, Rejected):
-            st.rejected = True
-            yield immediate(result)
-            return
-        st.routed = result
-        if st.req_mode == FULL_DUPLEX_STREAMED:
-            yield headers_routed(result)
-            n = len(body)
-            if n <= _STREAM_CHUNK:
-                yield _streamed("request_body", body, True)
-            else:
-                for off in range(0, n, _STREAM_CHUNK):
-                    end = off + _STREAM_CHUNK >= n
-                    yield _streamed("request_body", body[off : off + _STREAM_CHUNK], end)
-        else:
-            yield body_routed(result)
+            proc.close()

@@ -83,6 +83,9 @@ class Director:
 
     # -- the decision ----------------------------------------------------------------
 
+    def internal_error(self) -> Rejected:
+        return self._reject("", errors.internal_error(), "internal_error")
+
     def reject_too_large(self, limit: int) -> Rejected:
         return self._reject("", errors.too_large(limit), "too_large")
 

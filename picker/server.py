@@ -95,8 +95,10 @@ class PickerServer:
             self.metrics_port = self._http.server_port
 
         if cfg.scrape.enabled:
+            from picker.metrics_text import names_from_config
             from picker.scrape import Scraper
 
+            overrides = {p.name: p.metrics for p in cfg.pools}
             s = cfg.scrape
             self.scraper = Scraper(
                 self.datastore,
@@ -106,6 +108,9 @@ class PickerServer:
                 stale_after=s.stale_after,
                 max_failures=s.max_failures,
                 path=s.path,
+                names_for=lambda pool: names_from_config(
+                    pool.model_server, overrides.get(pool.name)
+                ),
             )
             await self.scraper.start()
         self._ready_task = asyncio.create_task(self._become_ready())

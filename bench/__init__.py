@@ -1,0 +1,1 @@
+"""Benchmarks, demo and local test stack for picker."""
