@@ -62,6 +62,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of max-rate load")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument(
+        "--transports", default="native,grpcio", help="picker gRPC servers to measure"
+    )
+    ap.add_argument(
         "--modes",
         default="FULL_DUPLEX_STREAMED,BUFFERED",
         help="request body modes to measure for picker",
@@ -71,16 +74,17 @@ def main() -> None:
     with Stack(pods=1, backend="echo", target="round_robin") as direct:
         rows.append(("envoy direct", measure(direct, args, None)))
         pods = direct.pod_addresses
-        for mode in args.modes.split(","):
-            with Stack(
-                pods=1,
-                pod_addresses=pods,
-                target="picker",
-                picker_config={"scrape": {"enabled": False}},
-                envoy_options={"request_body_mode": mode, "response_body_mode": mode},
-            ) as st:
-                pid = next(p.pid for name, p in st.procs.children if name == "picker")
-                rows.append((f"envoy + picker ({mode})", measure(st, args, pid)))
+        for transport in args.transports.split(","):
+            for mode in args.modes.split(","):
+                with Stack(
+                    pods=1,
+                    pod_addresses=pods,
+                    target="picker",
+                    picker_config={"scrape": {"enabled": False}, "transport": transport},
+                    envoy_options={"request_body_mode": mode, "response_body_mode": mode},
+                ) as st:
+                    pid = next(p.pid for name, p in st.procs.children if name == "picker")
+                    rows.append((f"picker {transport} {mode}", measure(st, args, pid)))
     base = rows[0][1]
     print(
         f"{'setup':40} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'max rps':>9} {'CPU us/req':>11}"

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-port", type=int, help="ext_proc gRPC port (default 9002)")
     s.add_argument("--metrics-host", help="address for the Prometheus endpoint")
     s.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090; -1 disables)")
+    s.add_argument("--transport", choices=["native", "grpcio"], help="gRPC server implementation")
     s.add_argument("--policy", help="picker plugin: max_score, p2c, random, round_robin")
     s.add_argument("--no-scrape", action="store_true", help="do not scrape pod metrics")
     s.add_argument("--scrape-interval", type=float, help="seconds between scrapes (0.05)")
@@ -48,7 +49,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config) if args.config else Config()
     if args.endpoint:
         cfg.pools.append(PoolConfig(name="cli", endpoints=list(args.endpoint), models=[args.model]))
-    for attr in ("grpc_host", "grpc_port", "metrics_host", "metrics_port"):
+    for attr in ("grpc_host", "grpc_port", "metrics_host", "metrics_port", "transport"):
         value = getattr(args, attr)
         if value is not None:
             setattr(cfg, attr, value)

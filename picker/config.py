@@ -65,6 +65,8 @@ class SaturationConfig:
 class Config:
     pools: list[PoolConfig] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None
+    # "native": picker's own HTTP/2 gRPC server (fast); "grpcio": grpc.aio (TLS-capable)
+    transport: str = "native"
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 9002
     metrics_host: str = "0.0.0.0"
@@ -145,7 +147,7 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
         cfg.criticality[str(model)] = parse_criticality(str(crit))
     if "default_criticality" in data:
         cfg.default_criticality = parse_criticality(str(data.pop("default_criticality")))
-    for key in ("grpc_host", "metrics_host"):
+    for key in ("grpc_host", "metrics_host", "transport"):
         if key in data:
             setattr(cfg, key, str(data.pop(key)))
     for key in ("grpc_port", "metrics_port", "max_body_bytes"):

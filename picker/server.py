@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -16,6 +16,7 @@ from picker import __version__
 from picker.config import Config
 from picker.datastore import Datastore
 from picker.extproc import ExtProcService
+from picker.h2server import HealthStatus, serve
 from picker.observability import Metrics
 from picker.routing import Director
 from picker.scheduling.profile import Profile, build_profile
@@ -49,44 +50,35 @@ class PickerServer:
         self.director = Director(config, self.datastore, self.profile, self.metrics)
         self.service = ExtProcService(self.director)
         self.health = health.aio.HealthServicer()
+        self.health_status = HealthStatus()
         self.grpc_server: grpc.aio.Server | None = None
+        self.native_server: asyncio.Server | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._http: Any = None
         self.scraper: Any = None
         self._ready_task: asyncio.Task[None] | None = None
 
+    async def _set_health(self, names: tuple[str, ...], status: int) -> None:
+        for name in names:
+            self.health_status.status[name] = status
+            if self.grpc_server is not None:
+                await self.health.set(name, cast(Any, status))
+
     async def start(self) -> None:
         cfg = self.config
-        limit = cfg.max_body_bytes + (1 << 20)
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_concurrent_streams", 100000),
-            ]
-        )
-        handler = grpc.method_handlers_generic_handler(
-            EXT_PROC_SERVICE,
-            {
-                "Process": grpc.stream_stream_rpc_method_handler(
-                    self.service.process,
-                    request_deserializer=pb.ProcessingRequest.FromString,
-                    response_serializer=_identity,
-                )
-            },
-        )
-        server.add_generic_rpc_handlers((handler,))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.grpc_port = server.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC on {cfg.grpc_host}:{cfg.grpc_port}")
-        await self.health.set("liveness", health_pb2.HealthCheckResponse.SERVING)
+        self.health_status.status["liveness"] = health_pb2.HealthCheckResponse.SERVING
         for name in ("readiness", EXT_PROC_SERVICE, ""):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.start()
-        self.grpc_server = server
+            self.health_status.status[name] = health_pb2.HealthCheckResponse.NOT_SERVING
+        if cfg.transport == "native":
+            self.native_server = await serve(
+                self.service, self.health_status, cfg.grpc_host, cfg.grpc_port
+            )
+            self.grpc_port = self.native_server.sockets[0].getsockname()[1]
+        elif cfg.transport == "grpcio":
+            await self._start_grpcio()
+        else:
+            raise ValueError(f"transport must be native or grpcio, not {cfg.transport!r}")
 
         if cfg.metrics_port >= 0:
             self._http, _ = start_http_server(
@@ -127,13 +119,41 @@ class PickerServer:
     async def _become_ready(self) -> None:
         if self.scraper is not None:
             await self.scraper.first_scrape_done.wait()
-        for name in ("readiness", EXT_PROC_SERVICE, ""):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(
+            ("readiness", EXT_PROC_SERVICE, ""), health_pb2.HealthCheckResponse.SERVING
+        )
         log.info("picker ready")
 
-    async def wait(self) -> None:
-        if self.grpc_server is not None:
-            await self.grpc_server.wait_for_termination()
+    async def _start_grpcio(self) -> None:
+        cfg = self.config
+        limit = cfg.max_body_bytes + (1 << 20)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", 100000),
+            ]
+        )
+        handler = grpc.method_handlers_generic_handler(
+            EXT_PROC_SERVICE,
+            {
+                "Process": grpc.stream_stream_rpc_method_handler(
+                    self.service.process,
+                    request_deserializer=pb.ProcessingRequest.FromString,
+                    response_serializer=_identity,
+                )
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.grpc_port = server.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC on {cfg.grpc_host}:{cfg.grpc_port}")
+        await server.start()
+        self.grpc_server = server
+        for name, status in self.health_status.status.items():
+            await self.health.set(name, cast(Any, status))
 
     async def stop(self, grace: float = 1.0) -> None:
         if self._ready_task is not None:
@@ -144,6 +164,8 @@ class PickerServer:
             await self.scraper.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
+        if self.native_server is not None:
+            self.native_server.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -479,7 +479,7 @@ parts = st.one_of(
     ),
 )
 contents = st.none() | texts | st.lists(parts, max_size=3)
-roles = st.sampled_from(["system", "user", "assistant", "tool", "developer"])
+roles = st.sampled_from(["system", "user", "assistant", "tool", "developer"]) | st.text(max_size=8)
 messages = st.builds(lambda r, c: {"role": r, "content": c}, roles, contents)
 tools = st.none() | st.lists(
     st.dictionaries(st.text(max_size=5), json_scalars, max_size=4), max_size=3
@@ -504,6 +504,17 @@ def test_valid_chat_bodies(model: str, msgs: list[Any], tool_list: Any) -> None:
         assert f"<|{m['role']}|>\n" in req.prompt
         if isinstance(m["content"], str):
             assert m["content"] in req.prompt
+
+
+@given(st.lists(st.tuples(roles, texts), min_size=1, max_size=5))
+def test_string_content_equals_one_text_part(turns: list[tuple[str, str]]) -> None:
+    plain = [{"role": r, "content": t} for r, t in turns]
+    parts = [{"role": r, "content": [{"type": "text", "text": t}]} for r, t in turns]
+    assert parse(CHAT, {"model": "m", "messages": plain}).prompt == (
+        parse(CHAT, {"model": "m", "messages": parts}).prompt
+    )
+    expected = "".join(f"<|{r}|>\n{t}\n" for r, t in turns)
+    assert parse(CHAT, {"model": "m", "messages": plain}).prompt == expected
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])

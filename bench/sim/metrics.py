@@ -63,3 +63,53 @@ def escape(value: str) -> str:
 
 def header(out: list[str], name: str, kind: str, doc: str) -> None:
     out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+
+
+_CACHE_INFO_STATIC = {
+    "_block_size_resolved": "True",
+    "cache_dtype": "auto",
+    "cache_hit_alignment_tokens": "None",
+    "enable_mamba_shared_prefix_checkpoint": "False",
+    "gpu_memory_utilization": "0.9",
+    "hash_block_size": "None",
+    "is_attention_free": "False",
+    "kv_cache_dtype_skip_layers": "[]",
+    "kv_cache_layout": "None",
+    "kv_offloading_backend": "native",
+    "kv_offloading_size": "None",
+    "kv_sharing_fast_prefill": "False",
+    "mamba_block_size": "None",
+    "mamba_cache_dtype": "auto",
+    "mamba_cache_mode": "none",
+    "mamba_ssm_cache_dtype": "auto",
+    "num_cpu_blocks": "None",
+    "num_gpu_blocks_override": "None",
+    "prefix_cache_retention_interval": "0",
+    "prefix_caching_hash_algo": "xxhash",
+    "sliding_window": "None",
+    "user_specified_block_size": "True",
+}
+
+
+def cache_config_labels(
+    engine_id: str,
+    block_size: int,
+    num_blocks: int,
+    enable_prefix_caching: bool,
+    max_model_len: int,
+    kv_bytes_per_token: float,
+) -> str:
+    """The label set of ``vllm:cache_config_info`` (names as in vLLM 0.32.0)."""
+    tokens = num_blocks * block_size
+    labels = dict(_CACHE_INFO_STATIC)
+    labels.update(
+        block_size=str(block_size),
+        effective_attention_block_size=str(block_size),
+        enable_prefix_caching=str(enable_prefix_caching),
+        engine=engine_id,
+        kv_cache_max_concurrency=str(round(tokens / max_model_len, 2)),
+        kv_cache_memory_bytes=str(int(tokens * kv_bytes_per_token)),
+        kv_cache_size_tokens=str(tokens),
+        num_gpu_blocks=str(num_blocks),
+    )
+    return ",".join(f'{k}="{escape(v)}"' for k, v in sorted(labels.items()))

@@ -1,0 +1,469 @@
+"""The OpenAI-compatible HTTP front of a simulated vLLM pod, and many pods in one process.
+
+Endpoints (per pod): ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
+``stream`` SSE and ``stream_options.include_usage``), ``GET /v1/models``, ``GET /health``,
+``GET /metrics`` (vLLM's Prometheus names) and ``GET /sim/state`` (JSON, for debugging).
+Every response carries ``x-sim-pod: <host>:<port>``.
+
+Request handling:
+
+* ``model`` must be the base model or one of its LoRA adapters (else 404, OpenAI error
+  JSON); missing ``model`` means the base model. An adapter runs as that LoRA.
+* ``prompt`` may be a string, a list of token ids, or a list of strings / token-id lists.
+  A list of several prompts is a *batch*: each is a separate engine request and answers
+  as choice ``index`` i (as vLLM/OpenAI do); streamed chunks of different choices
+  interleave.
+* Output length is exactly ``max_tokens`` (``max_completion_tokens`` for chat; default
+  16), as with ``ignore_eos``; the finish reason is ``length``. The generated text cycles
+  through a fixed list of words, one word per token.
+* ``usage`` also reports ``prompt_tokens_details.cached_tokens`` (prefix-cache hit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from bench.sim.engine import Engine, EngineConfig, SimRequest
+from bench.sim.exposition import Exposition
+from bench.sim.latency import LatencyModel
+from bench.sim.tokenize import render_chat, tokenize
+
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+DEFAULT_MAX_TOKENS = 16
+OUTPUT_WORDS = tuple(
+    " " + w
+    for w in (
+        "the quick brown fox jumps over a lazy dog while seven simulated GPUs "
+        "serve tokens at a steady pace and nobody waits too long for an answer"
+    ).split()
+)
+
+
+@dataclass(slots=True)
+class SimPodConfig:
+    """One simulated pod: its address, model, engine arguments and speed."""
+
+    model: str = DEFAULT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port
+    speed: float = 1.0
+    time_scale: float = 1.0
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    num_blocks: int = 26000
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    lora_adapters: tuple[str, ...] = ()
+    max_loras: int = 1
+    max_model_len: int = 131072
+    latency: LatencyModel = field(default_factory=LatencyModel)
+    kv_events_endpoint: str | None = None  # ZMQ PUB bind address, e.g. tcp://*:5557
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            num_blocks=self.num_blocks,
+            block_size=self.block_size,
+            enable_prefix_caching=self.enable_prefix_caching,
+            max_loras=self.max_loras,
+            max_model_len=self.max_model_len,
+            speed=self.speed,
+            time_scale=self.time_scale,
+            latency=self.latency,
+        )
+
+
+def _error(status: int, message: str, type_: str, param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _bad(message: str, param: str | None = None) -> web.Response:
+    return _error(400, message, "BadRequestError", param)
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _prompts(value: Any) -> list[list[int]]:
+    """The token-id prompts of a completions ``prompt`` field."""
+    if isinstance(value, str):
+        return [tokenize(value)]
+    if isinstance(value, list) and value:
+        if all(type(t) is int for t in value):
+            return [list(value)]
+        out: list[list[int]] = []
+        for item in value:
+            if isinstance(item, str):
+                out.append(tokenize(item))
+            elif isinstance(item, list) and item and all(type(t) is int for t in item):
+                out.append(list(item))
+            else:
+                raise _Invalid("each prompt must be a string or a list of token ids", "prompt")
+        return out
+    raise _Invalid("prompt must be a string, a list of token ids or a list of those", "prompt")
+
+
+def _max_tokens(body: dict[str, Any], chat: bool) -> int:
+    value = body.get("max_completion_tokens") if chat else None
+    if value is None:
+        value = body.get("max_tokens")
+    if value is None:
+        return DEFAULT_MAX_TOKENS
+    if type(value) is not int or value < 1:
+        raise _Invalid("max_tokens must be a positive integer", "max_tokens")
+    return value
+
+
+class _Chunks:
+    """Pre-built SSE byte pieces for one response kind (completion or chat)."""
+
+    def __init__(self, chat: bool) -> None:
+        words = [orjson.dumps(w)[1:-1] for w in OUTPUT_WORDS]
+        if chat:
+            mid = [b',"delta":{"content":"' + w + b'"},"logprobs":null,' for w in words]
+        else:
+            mid = [b',"text":"' + w + b'","logprobs":null,' for w in words]
+        self.token = [m + b'"finish_reason":null}]}\n\n' for m in mid]
+        self.last = [m + b'"finish_reason":"length","stop_reason":null}]}\n\n' for m in mid]
+        self.n = len(words)
+
+
+_CHUNKS = {False: _Chunks(False), True: _Chunks(True)}
+_ids = itertools.count()
+
+
+class SimPod:
+    """One simulated vLLM server: an engine plus an aiohttp site on its own port."""
+
+    def __init__(self, config: SimPodConfig) -> None:
+        self.config = config
+        self.engine = Engine(config.engine_config())
+        self.exposition = Exposition(self.engine, config.model)
+        self.exposition.lora_enabled = bool(config.lora_adapters)
+        self.models = {config.model: None, **{a: a for a in config.lora_adapters}}
+        self.address = f"{config.host}:{config.port}"
+        self.kv_events: Any = None
+        self._runner: web.AppRunner | None = None
+        self._created = int(time.time())
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/sim/state", self._state)
+        app.on_response_prepare.append(self._stamp)
+        self.engine.start()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        if server is not None and getattr(server, "sockets", None):
+            port = server.sockets[0].getsockname()[1]
+            self.address = f"{self.config.host}:{port}"
+        if self.config.kv_events_endpoint:
+            from bench.sim.kvevents import KVEventPublisher
+
+            self.kv_events = KVEventPublisher(
+                self.config.kv_events_endpoint,
+                topic=f"kv@{self.address}@{self.config.model}",
+                block_size=self.config.block_size,
+                lora_ids={a: i + 1 for i, a in enumerate(self.config.lora_adapters)},
+            )
+            self.kv_events.attach(self.engine)
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.kv_events is not None:
+            self.kv_events.close()
+            self.kv_events = None
+
+    # ---- handlers ------------------------------------------------------------------------
+
+    async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["x-sim-pod"] = self.address
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self.exposition.render(), content_type="text/plain", charset="utf-8"
+        )
+
+    async def _state(self, request: web.Request) -> web.Response:
+        e = self.engine
+        st = e.stats
+        body = {
+            "address": self.address,
+            "sim_time": e.now(),
+            "running": e.num_running,
+            "waiting": e.num_waiting,
+            "kv_cache_usage": e.pool.usage,
+            "free_blocks": e.pool.num_free,
+            "cached_blocks": len(e.pool.cached),
+            "prefix_queries": st.prefix_queries,
+            "prefix_hits": st.prefix_hits,
+            "preemptions": st.preemptions,
+            "steps": st.steps,
+            "running_loras": sorted(e.running_loras),
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        base = self.config.model
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": self._created,
+                "owned_by": "vllm",
+                "root": base if lora is None else lora,
+                "parent": None if lora is None else base,
+                "max_model_len": self.config.max_model_len,
+                "permission": [],
+            }
+            for name, lora in self.models.items()
+        ]
+        return web.Response(
+            body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+        )
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return _bad(f"Invalid JSON body: {exc}")
+        if not isinstance(body, dict):
+            return _bad("The request body must be a JSON object.")
+        model = body.get("model", self.config.model)
+        if not isinstance(model, str) or model not in self.models:
+            return _error(
+                404, f"The model `{model}` does not exist.", "NotFoundError", "model"
+            )
+        try:
+            if chat:
+                messages = body.get("messages")
+                if not isinstance(messages, list) or not messages:
+                    raise _Invalid("messages must be a non-empty list", "messages")
+                prompts = [tokenize(render_chat(messages))]
+            else:
+                prompts = _prompts(body.get("prompt"))
+            max_tokens = _max_tokens(body, chat)
+        except (_Invalid, ValueError) as exc:
+            return _bad(str(exc), getattr(exc, "param", None))
+        engine = self.engine
+        for p in prompts:
+            reason = engine.capacity_error(len(p), max_tokens)
+            if reason is not None:
+                return _bad(reason)
+        stream = bool(body.get("stream"))
+        opts = body.get("stream_options")
+        include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        event = asyncio.Event()
+        rid = ("chatcmpl-" if chat else "cmpl-") + f"{next(_ids):x}{id(event) & 0xFFFFFF:x}"
+        lora = self.models[model]
+        reqs = [
+            engine.add_request(p, max_tokens, lora, event, f"{rid}-{i}", stream)
+            for i, p in enumerate(prompts)
+        ]
+        try:
+            if stream:
+                return await self._stream(request, reqs, event, rid, model, chat, include_usage)
+            return await self._complete(reqs, event, rid, model, chat)
+        finally:
+            for r in reqs:
+                if not r.finished:
+                    engine.abort(r)
+
+    async def _complete(
+        self, reqs: Sequence[SimRequest], event: asyncio.Event, rid: str, model: str, chat: bool
+    ) -> web.Response:
+        while not all(r.finished for r in reqs):
+            await event.wait()
+            event.clear()
+        words = OUTPUT_WORDS
+        nw = len(words)
+        choices: list[dict[str, Any]] = []
+        for i, r in enumerate(reqs):
+            text = "".join(words[k % nw] for k in range(r.num_output))
+            reason = r.finish_reason if r.finish_reason != "abort" else "abort"
+            if chat:
+                choices.append(
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": text, "tool_calls": []},
+                        "logprobs": None,
+                        "finish_reason": reason,
+                        "stop_reason": None,
+                    }
+                )
+            else:
+                choices.append(
+                    {
+                        "index": i,
+                        "text": text,
+                        "logprobs": None,
+                        "finish_reason": reason,
+                        "stop_reason": None,
+                    }
+                )
+        out = {
+            "id": rid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": _usage(reqs),
+        }
+        return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        reqs: Sequence[SimRequest],
+        event: asyncio.Event,
+        rid: str,
+        model: str,
+        chat: bool,
+        include_usage: bool,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+        )
+        await resp.prepare(request)
+        kind = b"chat.completion.chunk" if chat else b"text_completion"
+        head = (
+            b'data: {"id":"' + rid.encode() + b'","object":"' + kind + b'","created":'
+            + str(int(time.time())).encode() + b',"model":' + orjson.dumps(model)
+        )  # fmt: skip
+        prefix = head + b',"choices":[{"index":'
+        idx = [str(i).encode() for i in range(len(reqs))]
+        table = _CHUNKS[chat]
+        token, last, nw = table.token, table.last, table.n
+        write: Callable[[bytes], Awaitable[None]] = resp.write
+        try:
+            if chat:
+                await write(
+                    b"".join(
+                        prefix + i + b',"delta":{"role":"assistant","content":""},'
+                        b'"logprobs":null,"finish_reason":null}]}\n\n'
+                        for i in idx
+                    )
+                )
+            sent = [0] * len(reqs)
+            while True:
+                await event.wait()
+                event.clear()
+                parts: list[bytes] = []
+                done = True
+                for j, r in enumerate(reqs):
+                    n = r.num_output
+                    k0 = sent[j]
+                    if n > k0:
+                        pre = prefix + idx[j]
+                        end = n - 1 if r.finished and r.finish_reason == "length" else n
+                        parts.extend(pre + token[k % nw] for k in range(k0, end))
+                        if end < n:
+                            parts.append(pre + last[end % nw])
+                        sent[j] = n
+                    if not r.finished:
+                        done = False
+                if done:
+                    if include_usage:
+                        parts.append(
+                            head + b',"choices":[],"usage":' + orjson.dumps(_usage(reqs)) + b"}\n\n"
+                        )
+                    parts.append(b"data: [DONE]\n\n")
+                if parts:
+                    await write(b"".join(parts))
+                if done:
+                    break
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+
+def _usage(reqs: Sequence[SimRequest]) -> dict[str, Any]:
+    prompt = sum(len(r.prompt) for r in reqs)
+    completion = sum(r.num_output for r in reqs)
+    cached = sum(max(r.cached_tokens, 0) for r in reqs)
+    return {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+class SimCluster:
+    """Pods started together in this process; ``await cluster.stop()`` ends them all."""
+
+    def __init__(self, pods: list[SimPod]) -> None:
+        self.pods = pods
+
+    @property
+    def addresses(self) -> list[str]:
+        return [p.address for p in self.pods]
+
+    @property
+    def urls(self) -> list[str]:
+        return [p.url for p in self.pods]
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.pods), return_exceptions=True)
+
+    async def __aenter__(self) -> SimCluster:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def start_pods(configs: Sequence[SimPodConfig]) -> SimCluster:
+    """Starts one pod per config (engines + HTTP sites) in the running loop."""
+    pods: list[SimPod] = []
+    try:
+        for cfg in configs:
+            pod = SimPod(cfg)
+            pods.append(pod)
+            await pod.start()
+    except BaseException:
+        await SimCluster(pods).stop()
+        raise
+    return SimCluster(pods)
