@@ -49,8 +49,11 @@ class Exposition:
             "Number of requests in model execution batches.",
             e.num_running,
         )
-        gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
-              e.num_waiting)  # fmt: skip
+        gauge(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            e.num_waiting,
+        )
         deferred = e.num_deferred()
         header(
             out,
@@ -68,8 +71,9 @@ class Exposition:
         out.append(
             f'vllm:num_requests_waiting_by_reason{{{lb},reason="deferred"}} {float(deferred)}\n'
         )
-        gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-              e.pool.usage)  # fmt: skip
+        gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.pool.usage
+        )
         counter(
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in terms of number of queried tokens.",
@@ -80,8 +84,11 @@ class Exposition:
             "Prefix cache hits, in terms of number of cached tokens.",
             st.prefix_hits,
         )
-        counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
-                st.preemptions)  # fmt: skip
+        counter(
+            "vllm:num_preemptions",
+            "Cumulative number of preemption from the engine.",
+            st.preemptions,
+        )
         counter("vllm:prompt_tokens", "Number of prefill tokens processed.", st.prompt_tokens)
         counter(
             "vllm:generation_tokens",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,13 +39,8 @@ from bench.sim.tokenize import render_chat, tokenize
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 DEFAULT_MAX_TOKENS = 16
-OUTPUT_WORDS = tuple(
-    " " + w
-    for w in (
-        "the quick brown fox jumps over a lazy dog while seven simulated GPUs "
-        "serve tokens at a steady pace and nobody waits too long for an answer"
-    ).split()
-)
+_TEXT = "the quick brown fox jumps over a lazy dog while seven simulated GPUs serve tokens"
+OUTPUT_WORDS = tuple(" " + w for w in _TEXT.split(" "))
 
 
 @dataclass(slots=True)
@@ -179,13 +175,18 @@ class SimPod:
         self.engine.start()
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
-        await site.start()
         self._runner = runner
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            port = server.sockets[0].getsockname()[1]
-            self.address = f"{self.config.host}:{port}"
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.config.host, self.config.port))
+        except OSError:
+            sock.close()
+            raise
+        port = sock.getsockname()[1]
+        await web.SockSite(runner, sock, backlog=1024).start()
+        self.address = f"{self.config.host}:{port}"
         if self.config.kv_events_endpoint:
             from bench.sim.kvevents import KVEventPublisher
 
@@ -240,7 +241,7 @@ class SimPod:
 
     async def _list_models(self, request: web.Request) -> web.Response:
         base = self.config.model
-        data = [
+        data: list[dict[str, Any]] = [
             {
                 "id": name,
                 "object": "model",
@@ -272,9 +273,7 @@ class SimPod:
             return _bad("The request body must be a JSON object.")
         model = body.get("model", self.config.model)
         if not isinstance(model, str) or model not in self.models:
-            return _error(
-                404, f"The model `{model}` does not exist.", "NotFoundError", "model"
-            )
+            return _error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
         try:
             if chat:
                 messages = body.get("messages")
@@ -368,9 +367,15 @@ class SimPod:
         await resp.prepare(request)
         kind = b"chat.completion.chunk" if chat else b"text_completion"
         head = (
-            b'data: {"id":"' + rid.encode() + b'","object":"' + kind + b'","created":'
-            + str(int(time.time())).encode() + b',"model":' + orjson.dumps(model)
-        )  # fmt: skip
+            b'data: {"id":"'
+            + rid.encode()
+            + b'","object":"'
+            + kind
+            + b'","created":'
+            + str(int(time.time())).encode()
+            + b',"model":'
+            + orjson.dumps(model)
+        )
         prefix = head + b',"choices":[{"index":'
         idx = [str(i).encode() for i in range(len(reqs))]
         table = _CHUNKS[chat]
@@ -414,8 +419,8 @@ class SimPod:
                 if done:
                     break
             await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away; the caller aborts what is unfinished
         return resp
 
 
