@@ -42,8 +42,8 @@ def headers(
         h.key = k
         h.raw_value = v.encode()
     r.request_headers.end_of_stream = eos
-    r.protocol_config.request_body_mode = mode  # type: ignore[assignment]
-    r.protocol_config.response_body_mode = mode  # type: ignore[assignment]
+    r.protocol_config.request_body_mode = mode
+    r.protocol_config.response_body_mode = mode
     if subset is not None:
         ns = r.metadata_context.filter_metadata["envoy.lb.subset_hint"]
         lst = ns.fields["x-gateway-destination-endpoint-subset"].list_value
@@ -59,7 +59,9 @@ def body(chunk: bytes, eos: bool) -> pb.ProcessingRequest:
     return r
 
 
-def resp_headers(status: int = 200, eos: bool = False, served: str | None = None) -> pb.ProcessingRequest:
+def resp_headers(
+    status: int = 200, eos: bool = False, served: str | None = None
+) -> pb.ProcessingRequest:
     r = pb.ProcessingRequest()
     h = r.response_headers.headers.headers.add()
     h.key = ":status"
@@ -84,7 +86,7 @@ async def _aiter(msgs: list[pb.ProcessingRequest]) -> AsyncIterator[pb.Processin
 
 
 async def run(svc: ExtProcService, msgs: list[pb.ProcessingRequest]) -> list[pb.ProcessingResponse]:
-    return [pb.ProcessingResponse.FromString(b) async for b in svc.process(_aiter(msgs), None)]  # type: ignore[arg-type]
+    return [pb.ProcessingResponse.FromString(b) async for b in svc.process(_aiter(msgs), None)]
 
 
 def destination(resp: pb.ProcessingResponse) -> tuple[str, str]:
@@ -104,7 +106,7 @@ def destination(resp: pb.ProcessingResponse) -> tuple[str, str]:
 
 
 async def test_full_duplex_reassembles_chunks_and_routes_before_body() -> None:
-    svc, director = make_service()
+    svc, _director = make_service()
     chunks = [BODY[:5], BODY[5:9], BODY[9:]]
     out = await run(
         svc, [headers(), body(chunks[0], False), body(chunks[1], False), body(chunks[2], True)]
@@ -200,7 +202,7 @@ async def test_inflight_released_at_response_end_and_body_echoed() -> None:
             seen.append(sum(e.inflight for e in director.datastore.endpoints()))
             yield m
 
-    out = [pb.ProcessingResponse.FromString(b) async for b in svc.process(watching(), None)]  # type: ignore[arg-type]
+    out = [pb.ProcessingResponse.FromString(b) async for b in svc.process(watching(), None)]
     assert seen == [0, 0, 1, 1, 1]
     assert sum(e.inflight for e in director.datastore.endpoints()) == 0
     assert sum(e.completed for e in director.datastore.endpoints()) == 1
@@ -221,7 +223,7 @@ async def test_served_metadata_moves_accounting_to_fallback() -> None:
     svc, director = make_service()
     ds = director.datastore
     msgs = [headers(), body(BODY, True)]
-    gen = svc.process(_aiter(msgs + [resp_headers(200, served=PODS[0])]), None)  # type: ignore[arg-type]
+    gen = svc.process(_aiter([*msgs, resp_headers(200, served=PODS[0])]), None)
     outs = [pb.ProcessingResponse.FromString(b) async for b in gen]
     assert outs[-1].HasField("response_headers")
     served: Endpoint = ds.by_address[PODS[0]]
@@ -231,11 +233,11 @@ async def test_served_metadata_moves_accounting_to_fallback() -> None:
 
 
 async def test_burst_spreads_across_pods() -> None:
-    svc, director = make_service()
+    svc, _director = make_service()
     gens = []
     for _ in range(30):
         # Keep streams open (no response yet) so in-flight accumulates.
-        gen = svc.process(_aiter([headers(), body(BODY, True)]), None)  # type: ignore[arg-type]
+        gen = svc.process(_aiter([headers(), body(BODY, True)]), None)
         first = await gen.__anext__()
         gens.append((gen, pb.ProcessingResponse.FromString(first)))
     counts: dict[str, int] = {}
@@ -244,4 +246,4 @@ async def test_burst_spreads_across_pods() -> None:
         counts[d] = counts.get(d, 0) + 1
     assert sorted(counts.values()) == [10, 10, 10]
     for gen, _ in gens:
-        await gen.aclose()
+        await gen.aclose()  # type: ignore[attr-defined]

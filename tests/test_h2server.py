@@ -44,8 +44,8 @@ def _headers(path: str = "/v1/completions") -> pb.ProcessingRequest:
     r = pb.ProcessingRequest()
     h = r.request_headers.headers.headers.add()
     h.key, h.raw_value = ":path", path.encode()
-    r.protocol_config.request_body_mode = 4  # type: ignore[assignment]
-    r.protocol_config.response_body_mode = 4  # type: ignore[assignment]
+    r.protocol_config.request_body_mode = 4
+    r.protocol_config.response_body_mode = 4
     return r
 
 
@@ -66,7 +66,8 @@ async def _process(port: int, msgs: list[pb.ProcessingRequest]) -> list[pb.Proce
 
 
 async def test_health_services(server: PickerServer) -> None:
-    await asyncio.wait_for(server._ready_task, 5)  # type: ignore[arg-type]
+    assert server._ready_task is not None
+    await asyncio.wait_for(server._ready_task, 5)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
         stub: Any = health_pb2_grpc.HealthStub(ch)
         for name in ("liveness", "readiness", EXT_PROC_SERVICE):
@@ -91,7 +92,8 @@ async def test_readiness_waits_for_first_scrape() -> None:
     await srv.start()
     try:
         assert srv.health_status.status["readiness"] == health_pb2.HealthCheckResponse.NOT_SERVING
-        await asyncio.wait_for(srv._ready_task, 5)  # type: ignore[arg-type]
+        assert srv._ready_task is not None
+        await asyncio.wait_for(srv._ready_task, 5)
         assert srv.health_status.status["readiness"] == health_pb2.HealthCheckResponse.SERVING
     finally:
         await srv.stop(0)

@@ -159,10 +159,9 @@ class Engine:
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle_wall = loop.time()
+        self._idle_wall = time.perf_counter()
         self._idle_sim = 0.0
-        self._task = loop.create_task(self._run(), name="sim-engine")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-engine")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -177,7 +176,7 @@ class Engine:
 
     def now(self) -> float:
         """The simulated time, in seconds since the engine started."""
-        wall = asyncio.get_running_loop().time()
+        wall = time.perf_counter()
         scale = self.config.time_scale
         if self._busy:
             return self._step_sim + min((wall - self._step_wall) * scale, self._step_d)
@@ -211,11 +210,13 @@ class Engine:
         event: asyncio.Event | None = None,
         request_id: str | None = None,
         stream: bool = True,
+        arrival: float | None = None,
     ) -> SimRequest:
         """Queues a request; the caller awaits ``request.event`` for progress.
 
         ``event`` is set when the request finishes and, if ``stream``, after every step
-        that gives it a token (several requests may share one event)."""
+        that gives it a token (several requests may share one event). ``arrival`` (in
+        simulated seconds) defaults to now; :meth:`step_virtual` users pass it."""
         if max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
         r = SimRequest(
@@ -225,7 +226,7 @@ class Engine:
             lora=lora,
             event=event,
             stream=stream,
-            arrival=self.now(),
+            arrival=self.now() if arrival is None else arrival,
         )
         if self.config.enable_prefix_caching:
             r.hashes = block_hashes(prompt, self.config.block_size, lora)
@@ -254,39 +255,54 @@ class Engine:
     # ---- the step loop ---------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        cfg = self.config
-        lat = cfg.latency
-        deadline = loop.time()
+        clock = time.perf_counter
+        scale = self.config.time_scale
+        deadline = clock()
         while True:
             if not self.running and not self.waiting:
                 self._wake.clear()
                 await self._wake.wait()
             sim0 = self.now()
-            wall0 = loop.time()
+            wall0 = clock()
             sched = self._schedule(sim0)
             if not sched:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            total = 0
-            decodes = 0
-            context = 0
-            for r, n in sched:
-                total += n
-                context += r.num_computed + n
-                if n == 1:
-                    decodes += 1
-            d = lat.step_time(len(sched), total - decodes, decodes, context) / cfg.speed
+            d = self._duration(sched)
             self._busy = True
             self._step_sim, self._step_wall, self._step_d = sim0, wall0, d
-            deadline = (deadline if deadline > wall0 - MAX_LAG_S else wall0) + d / cfg.time_scale
-            delay = deadline - loop.time()
+            deadline = (deadline if deadline > wall0 - MAX_LAG_S else wall0) + d / scale
+            delay = deadline - clock()
             await asyncio.sleep(delay if delay > 0 else 0)
             t_end = sim0 + d
             self._busy = False
-            self._idle_sim, self._idle_wall = t_end, loop.time()
+            self._idle_sim, self._idle_wall = t_end, clock()
             self._complete(sched, t_end)
+
+    def step_virtual(self, now: float) -> float | None:
+        """Runs one whole step at simulated time ``now`` without sleeping (for offline
+        studies; do not mix with :meth:`start`). Returns its duration, or ``None`` when
+        nothing could be scheduled."""
+        sched = self._schedule(now)
+        if not sched:
+            return None
+        d = self._duration(sched)
+        self._complete(sched, now + d)
+        return d
+
+    def _duration(self, sched: list[tuple[SimRequest, int]]) -> float:
+        """Simulated seconds the step ``sched`` takes on this pod."""
+        total = 0
+        decodes = 0
+        context = 0
+        for r, n in sched:
+            total += n
+            context += r.num_computed + n
+            if n == 1:
+                decodes += 1
+        cfg = self.config
+        return cfg.latency.step_time(len(sched), total - decodes, decodes, context) / cfg.speed
 
     def _schedule(self, now: float) -> list[tuple[SimRequest, int]]:
         """Picks this step's requests and token counts; allocates their blocks."""
