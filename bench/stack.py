@@ -37,6 +37,9 @@ class Stack:
     pod_addresses: list[str] = field(default_factory=list)  # external pods: start none
     envoy_concurrency: int = 1
     keep_logs: bool = False
+    pool_models: list[str] = field(default_factory=lambda: ["*"])
+    pool_adapters: list[str] = field(default_factory=list)
+    extra_pools: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.procs = Procs(keep_logs=self.keep_logs)
@@ -97,7 +100,15 @@ class Stack:
             "grpc_port": self.picker_grpc_port,
             "metrics_host": "127.0.0.1",
             "metrics_port": self.picker_metrics_port,
-            "pools": [{"name": "pool", "models": ["*"], "endpoints": self.pod_addresses}],
+            "pools": [
+                {
+                    "name": "pool",
+                    "models": self.pool_models,
+                    "adapters": self.pool_adapters,
+                    "endpoints": self.pod_addresses,
+                },
+                *self.extra_pools,
+            ],
         }
         cfg.update(self.picker_config)
         path = self.procs.dir / "picker.yaml"

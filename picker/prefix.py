@@ -124,7 +124,7 @@ class PrefixIndex:
 def endpoint_load(e: Endpoint) -> int:
     """Requests the pod is busy with: scraped running + waiting, plus sent since."""
     m = e.metrics
-    return max(e.inflight, m.running + m.waiting + e.sent_since_scrape)
+    return max(e.inflight, m.running + m.waiting + min(e.sent_since_scrape, e.inflight))
 
 
 class PrefixScorer:

@@ -57,6 +57,7 @@ def test_queue_scorer_counts_requests_sent_since_scrape() -> None:
     for _ in range(100):
         ep = prof.schedule(req(), pods)[0]
         ep.sent_since_scrape += 1
+        ep.inflight += 1
         chosen[ep.address] += 1
     assert sorted(chosen.values()) == [25, 25, 25, 25]
 

@@ -17,7 +17,7 @@ FILTERS: dict[str, Callable[[], Filter]] = {
     "lora": filters.LoraFilter,
 }
 
-SCORERS: dict[str, Callable[[], Scorer]] = {
+SCORERS: dict[str, Callable[..., Scorer]] = {
     "least_inflight": scorers.LeastInflightScorer,
     "queue": scorers.QueueScorer,
     "running": scorers.RunningScorer,
@@ -103,7 +103,7 @@ def build_profile(
         if weight == 0:
             continue
         if name in SCORERS:
-            scorer = SCORERS[name]()
+            scorer = SCORERS[name](**params)
         elif name in extra:
             scorer = extra[name](params)
         else:
