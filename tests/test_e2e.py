@@ -40,7 +40,10 @@ def stack() -> Iterator[Stack]:
 
 
 def http(
-    stack: Stack, path: str, body: Any = None, headers: dict[str, str] | None = None,
+    stack: Stack,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
     raw: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
@@ -107,7 +110,9 @@ async def test_streaming_passes_through_intact(stack: Stack) -> None:
     assert events[-1] == b"data: [DONE]"
     chunks = [orjson.loads(e[6:]) for e in events[:-1]]
     text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
-    direct_chunks = [orjson.loads(e[6:]) for e in direct.split(b"\n\n") if e and e != b"data: [DONE]"]
+    direct_chunks = [
+        orjson.loads(e[6:]) for e in direct.split(b"\n\n") if e and e != b"data: [DONE]"
+    ]
     direct_text = "".join(
         (c["choices"][0]["delta"].get("content") or "") for c in direct_chunks if c["choices"]
     )
@@ -162,9 +167,7 @@ def test_get_without_body_is_routed(stack: Stack) -> None:
 def test_lora_requests_stick_to_the_pod_with_the_adapter(stack: Stack) -> None:
     pods: Counter[str] = Counter()
     for i in range(12):
-        status, headers, _ = http(
-            stack, "/v1/completions", completion(f"q{i}", model=ADAPTER)
-        )
+        status, headers, _ = http(stack, "/v1/completions", completion(f"q{i}", model=ADAPTER))
         assert status == 200
         pods[headers["x-sim-pod"]] += 1
     # The first request loads the adapter somewhere; affinity keeps the rest there.
@@ -182,12 +185,16 @@ async def test_saturation_sheds_sheddable_and_routes_critical(stack: Stack) -> N
         ]
         await asyncio.sleep(0.3)
         shed = await send(
-            s, stack.url + "/v1/completions", completion("batch job"),
+            s,
+            stack.url + "/v1/completions",
+            completion("batch job"),
             headers={"x-gateway-inference-objective": "batch"},
         )
         critical = asyncio.create_task(
             send(
-                s, stack.url + "/v1/completions", completion("urgent"),
+                s,
+                stack.url + "/v1/completions",
+                completion("urgent"),
                 headers={"x-gateway-inference-objective": "critical"},
             )
         )
@@ -203,7 +210,9 @@ async def test_saturation_sheds_sheddable_and_routes_critical(stack: Stack) -> N
     await asyncio.sleep(0.3)
     async with aiohttp.ClientSession() as s:
         again = await send(
-            s, stack.url + "/v1/completions", completion("batch job"),
+            s,
+            stack.url + "/v1/completions",
+            completion("batch job"),
             headers={"x-gateway-inference-objective": "batch"},
         )
     assert again.status == 200
@@ -211,9 +220,7 @@ async def test_saturation_sheds_sheddable_and_routes_critical(stack: Stack) -> N
 
 def test_subset_hint_through_envoy(stack: Stack) -> None:
     only = stack.pod_addresses[2]
-    with Stack(
-        pod_addresses=stack.pod_addresses, envoy_options={"subset_hint": [only]}
-    ) as hinted:
+    with Stack(pod_addresses=stack.pod_addresses, envoy_options={"subset_hint": [only]}) as hinted:
         for i in range(6):
             status, headers, _ = http(hinted, "/v1/completions", completion(f"s{i}"))
             assert status == 200 and headers["x-sim-pod"] == only
