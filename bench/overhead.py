@@ -61,13 +61,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="serial requests (c=1)")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of max-rate load")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument(
-        "--transports", default="native,grpcio", help="picker gRPC servers to measure"
-    )
+    ap.add_argument("--transports", default="native,grpcio", help="picker gRPC servers to measure")
     ap.add_argument(
         "--modes",
-        default="FULL_DUPLEX_STREAMED,BUFFERED",
-        help="request body modes to measure for picker",
+        default="FULL_DUPLEX_STREAMED:FULL_DUPLEX_STREAMED,FULL_DUPLEX_STREAMED:NONE,BUFFERED:NONE",
+        help="REQUEST:RESPONSE body modes of Envoy's ext_proc filter to measure",
     )
     args = ap.parse_args()
     rows: list[tuple[str, dict[str, Any]]] = []
@@ -75,16 +73,21 @@ def main() -> None:
         rows.append(("envoy direct", measure(direct, args, None)))
         pods = direct.pod_addresses
         for transport in args.transports.split(","):
-            for mode in args.modes.split(","):
+            for modes in args.modes.split(","):
+                req_mode, _, resp_mode = modes.partition(":")
                 with Stack(
                     pods=1,
                     pod_addresses=pods,
                     target="picker",
                     picker_config={"scrape": {"enabled": False}, "transport": transport},
-                    envoy_options={"request_body_mode": mode, "response_body_mode": mode},
+                    envoy_options={
+                        "request_body_mode": req_mode,
+                        "response_body_mode": resp_mode or req_mode,
+                    },
                 ) as st:
                     pid = next(p.pid for name, p in st.procs.children if name == "picker")
-                    rows.append((f"picker {transport} {mode}", measure(st, args, pid)))
+                    name = f"picker {transport} {req_mode}/{resp_mode or req_mode}"
+                    rows.append((name, measure(st, args, pid)))
     base = rows[0][1]
     print(
         f"{'setup':40} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'max rps':>9} {'CPU us/req':>11}"
@@ -92,7 +95,7 @@ def main() -> None:
     for name, r in rows:
         cpu = f"{r['cpu_us_per_req']:.0f}" if r["cpu_us_per_req"] else "-"
         print(
-            f"{name:40} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
+            f"{name:58} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
             f"{r['p50_ms'] - base['p50_ms']:8.3f} {r['max_rps']:9.0f} {cpu:>11}"
         )
         bad = {k: v for k, v in r["statuses"].items() if k != 200}
