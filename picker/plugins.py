@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from picker.prefix import PrefixScorer
 from picker.scheduling.framework import Scorer
 
 
 def extra_scorers() -> dict[str, Callable[[Mapping[str, Any]], Scorer]]:
-    return {"prefix": PrefixScorer.from_params}
+    """Scorers from optional modules, by name (none are built in yet)."""
+    return {}

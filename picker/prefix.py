@@ -20,8 +20,7 @@ ignored for this request and the load scorers decide.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import xxhash
 
@@ -148,21 +147,6 @@ class PrefixScorer:
         self.balance_rel = balance_rel
         self.chars_per_token = chars_per_token
         self.index = index or PrefixIndex(capacity_blocks)
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> PrefixScorer:
-        allowed = {
-            "block_chars",
-            "capacity_blocks",
-            "max_blocks",
-            "balance_abs",
-            "balance_rel",
-            "chars_per_token",
-        }
-        unknown = set(params) - allowed
-        if unknown:
-            raise ValueError(f"prefix scorer: unknown parameters {sorted(unknown)}")
-        return cls(**dict(params))
 
     def hashes(self, request: InferenceRequest) -> list[int]:
         cached: list[int] | None = request.scratch.get(_SCRATCH_KEY)

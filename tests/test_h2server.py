@@ -125,18 +125,18 @@ async def test_immediate_response_ends_stream(server: PickerServer) -> None:
 
 
 async def test_many_concurrent_streams_on_one_connection(server: PickerServer) -> None:
-    body = orjson.dumps({"model": "m", "prompt": "hello"})
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
         stub: Any = pb_grpc.ExternalProcessorStub(ch)
 
-        async def one() -> str:
+        async def one(i: int) -> str:
+            body = orjson.dumps({"model": "m", "prompt": f"hello {i}"})
             out = [r async for r in stub.Process(iter([_headers(), _body(body)]))]
             value: bytes = (
                 out[0].request_headers.response.header_mutation.set_headers[0].header.raw_value
             )
             return value.decode()
 
-        dests = await asyncio.gather(*(one() for _ in range(200)))
+        dests = await asyncio.gather(*(one(i) for i in range(200)))
     assert set(dests) == set(PODS)
     assert all(e.inflight == 0 for e in server.datastore.endpoints())
 

@@ -29,10 +29,12 @@ Cross-checks (``speed`` = 1):
 * 64 sequences x 300 tokens of context: 1.6 + 5.4 + max(5.35 + 0.84, 1.9) = 13.2 ms,
   versus 7 + 0.1 x 64 = 13.4 ms from the public runs.
 * A 3,000-token uncached prefill alone: 1.7 + max(5.5, 90.9) = 92.6 ms (33 k tok/s).
-* Saturation with 200-token prompts and 100 output tokens, 256 seqs: see
-  ``tests/test_sim.py::test_saturation_throughput_in_simulated_time``; the model gives
-  roughly 100-110 req/s without a shared prefix and ~1.6x that when 75 % of each
-  prompt is a cached prefix, in line with the ~106 and ~177 req/s of the public runs.
+* Saturation (``max_num_seqs`` 256, 200-token prompts, everything queued at once, in
+  simulated time; ``tests/test_sim.py::test_saturation_in_virtual_time``): with 26-28
+  output tokens the model gives 106-109 req/s with no shared prefix and 171-178 req/s
+  when 60 % of every prompt is a cached shared prefix, matching the ~106 and ~177 req/s
+  of the public runs (which do not state output length or hit rate; at a 33 k tok/s
+  prefill those two figures jointly imply roughly this combination).
 
 A pod's ``speed`` divides the step time (0.5 = every step takes twice as long).
 """

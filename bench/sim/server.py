@@ -2,7 +2,9 @@
 
 Endpoints (per pod): ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
 ``stream`` SSE and ``stream_options.include_usage``), ``GET /v1/models``, ``GET /health``,
-``GET /metrics`` (vLLM's Prometheus names) and ``GET /sim/state`` (JSON, for debugging).
+``GET /metrics`` (vLLM's Prometheus names), ``POST /reset_prefix_cache`` and
+``GET /sim/state`` (JSON, for debugging). KV-cache events go out over ZMQ when
+``kv_events_endpoint`` is set (see ``kvevents``).
 Every response carries ``x-sim-pod: <host>:<port>``.
 
 Request handling:
@@ -171,6 +173,7 @@ class SimPod:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/sim/state", self._state)
+        app.router.add_post("/reset_prefix_cache", self._reset_prefix_cache)
         app.on_response_prepare.append(self._stamp)
         self.engine.start()
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -238,6 +241,14 @@ class SimPod:
             "running_loras": sorted(e.running_loras),
         }
         return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _reset_prefix_cache(self, request: web.Request) -> web.Response:
+        """Forgets cached prefixes of idle blocks (vLLM's dev endpoint of the same name)."""
+        self.engine.pool.reset()
+        if self.kv_events is not None:
+            self.kv_events.cleared()
+            self.kv_events.flush()
+        return web.Response()
 
     async def _list_models(self, request: web.Request) -> web.Response:
         base = self.config.model

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picker.datastore import Endpoint
+from picker.prefix import PrefixScorer
 from picker.request import InferenceRequest
 from picker.scheduling import filters, pickers, scorers
 from picker.scheduling.framework import Filter, Picker, PickObserver, Scorer
@@ -23,6 +24,7 @@ SCORERS: dict[str, Callable[..., Scorer]] = {
     "running": scorers.RunningScorer,
     "kv_cache": scorers.KVCacheScorer,
     "lora_affinity": scorers.LoraAffinityScorer,
+    "prefix": PrefixScorer,
 }
 
 PICKERS: dict[str, Callable[[int, random.Random | None], Picker]] = {
@@ -67,7 +69,13 @@ class Profile:
 
 DEFAULT_PROFILE: dict[str, Any] = {
     "filters": ["lora"],
-    "scorers": {"queue": 2.0, "kv_cache": 1.0, "lora_affinity": 1.0, "least_inflight": 1.0},
+    "scorers": {
+        "prefix": 3.0,
+        "queue": 2.0,
+        "kv_cache": 1.0,
+        "lora_affinity": 1.0,
+        "least_inflight": 1.0,
+    },
     "picker": "max_score",
     "fallbacks": 0,
 }
@@ -103,7 +111,10 @@ def build_profile(
         if weight == 0:
             continue
         if name in SCORERS:
-            scorer = SCORERS[name](**params)
+            try:
+                scorer = SCORERS[name](**params)
+            except TypeError as e:
+                raise ValueError(f"scorer {name!r}: bad parameters {sorted(params)}: {e}") from None
         elif name in extra:
             scorer = extra[name](params)
         else:
