@@ -1,0 +1,80 @@
+"""Routing quality end to end: slow pods, conversations, bursts (real Envoy + simulator)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from bench.client import send
+from bench.stack import MODEL, Stack
+
+
+def chat(messages: list[dict[str, str]], max_tokens: int = 8) -> dict[str, Any]:
+    return {"model": MODEL, "messages": messages, "max_tokens": max_tokens}
+
+
+async def test_slow_pod_gets_fewer_requests() -> None:
+    with Stack(pods=3, speeds=[1.0, 1.0, 0.25], time_scale=2.0) as stack:
+        slow = stack.pod_addresses[2]
+        async with aiohttp.ClientSession() as s:
+            sem = asyncio.Semaphore(12)
+
+            async def one(i: int) -> str | None:
+                async with sem:
+                    body = {"model": MODEL, "prompt": f"request {i} " * 20, "max_tokens": 32}
+                    out = await send(s, stack.url + "/v1/completions", body)
+                    assert out.ok, out.error
+                    return out.pod
+
+            pods = Counter(await asyncio.gather(*(one(i) for i in range(120))))
+    fast = [pods[a] for a in stack.pod_addresses[:2]]
+    assert pods[slow] < min(fast) / 2, pods
+
+
+async def test_conversation_turns_follow_their_prefix() -> None:
+    system = "You are a careful assistant who answers in full sentences. " * 30
+    with Stack(pods=4, time_scale=10.0) as stack:
+        async with aiohttp.ClientSession() as s:
+            url = stack.url + "/v1/chat/completions"
+            for conv in range(6):
+                history = [{"role": "system", "content": system + f" Conversation {conv}."}]
+                served: list[str | None] = []
+                for turn in range(4):
+                    history.append({"role": "user", "content": f"turn {turn} of {conv}?"})
+                    out = await send(s, url, chat(history))
+                    assert out.ok, out.error
+                    served.append(out.pod)
+                    history.append({"role": "assistant", "content": "An answer. " * 5})
+                # Every later turn extends the first turn's prompt: same pod throughout.
+                assert len(set(served)) == 1, served
+
+
+async def test_busy_holder_sheds_new_conversations_to_others() -> None:
+    system = "Shared system prompt for every request in this test. " * 40
+    with Stack(pods=3, time_scale=1.0) as stack:
+        async with aiohttp.ClientSession() as s:
+            url = stack.url + "/v1/chat/completions"
+            # 48 concurrent long requests that all share one prefix: pure affinity would
+            # queue every one of them on a single pod.
+            outs = await asyncio.gather(
+                *(
+                    send(
+                        s,
+                        url,
+                        chat(
+                            [
+                                {"role": "system", "content": system},
+                                {"role": "user", "content": f"q{i}"},
+                            ],
+                            max_tokens=64,
+                        ),
+                    )
+                    for i in range(48)
+                )
+            )
+    pods = Counter(o.pod for o in outs if o.ok)
+    assert sum(pods.values()) == 48
+    assert len(pods) == 3 and min(pods.values()) >= 6, pods
