@@ -49,15 +49,22 @@ class LeastInflightScorer:
 
 
 class QueueScorer:
-    """Prefers short queues: waiting requests (scraped) plus requests sent since."""
+    """Prefers short queues: waiting requests (scraped) plus requests sent since.
+
+    ``count_unscraped=False`` uses the scraped queue alone (what a metrics-only router
+    sees); it exists to measure the herding that the default avoids.
+    """
 
     name = "queue"
 
-    def __init__(self, scale: float = 8.0) -> None:
+    def __init__(self, scale: float = 8.0, count_unscraped: bool = True) -> None:
         self.scale = scale
+        self.count_unscraped = count_unscraped
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
-        return _inverse_scaled([effective_queue(e) for e in candidates], self.scale)
+        if self.count_unscraped:
+            return _inverse_scaled([effective_queue(e) for e in candidates], self.scale)
+        return _inverse_scaled([e.metrics.waiting for e in candidates], self.scale)
 
 
 class RunningScorer:
