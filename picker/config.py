@@ -62,6 +62,15 @@ class SaturationConfig:
 
 
 @dataclass
+class FlowControlConfig:
+    """Hold non-critical requests while the pool is saturated (see picker/flow.py)."""
+
+    enabled: bool = False
+    max_queue: int = 1000
+    max_wait_seconds: float = 5.0
+
+
+@dataclass
 class Config:
     pools: list[PoolConfig] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None
@@ -74,6 +83,7 @@ class Config:
     max_body_bytes: int = 16 * 2**20
     scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
+    flow_control: FlowControlConfig = field(default_factory=FlowControlConfig)
     # model ID or adapter name → default criticality (overridden by the request header)
     criticality: dict[str, Criticality] = field(default_factory=dict)
     default_criticality: Criticality = Criticality.STANDARD
@@ -142,6 +152,10 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
     if "saturation" in data:
         cfg.saturation = _dataclass_from(
             SaturationConfig, dict(data.pop("saturation")), "saturation"
+        )
+    if "flow_control" in data:
+        cfg.flow_control = _dataclass_from(
+            FlowControlConfig, dict(data.pop("flow_control")), "flow_control"
         )
     for model, crit in dict(data.pop("criticality", {}) or {}).items():
         cfg.criticality[str(model)] = parse_criticality(str(crit))

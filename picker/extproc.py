@@ -17,6 +17,7 @@ with an identity serializer, so the hot path yields ready-made bytes where it ca
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from picker.flow import Held
 from picker.routing import Director, Rejected, Routed
 
 log = logging.getLogger(__name__)
@@ -185,10 +187,13 @@ class StreamProcessor:
     """
 
     __slots__ = (
+        "backlog",
         "body",
         "body_len",
         "director",
         "done",
+        "held",
+        "held_body",
         "objective",
         "path",
         "req_mode",
@@ -210,12 +215,15 @@ class StreamProcessor:
         self.body_len = 0
         self.subset: frozenset[str] | None = None
         self.routed: Routed | None = None
+        self.held: Held | None = None  # parked by flow control; see ``resume``
+        self.held_body: bytes | None = None
+        self.backlog: list[pb.ProcessingRequest] = []
         self.done = False
         self.status = 0
         self.req_mode = -1  # unknown until protocol_config or the first body message
         self.resp_mode = -1
 
-    def _decide(self, body: bytes | None) -> Routed | Rejected:
+    def _decide(self, body: bytes | None) -> Routed | Rejected | Held:
         try:
             return self.director.decide(
                 self.path,
@@ -233,6 +241,9 @@ class StreamProcessor:
         return [immediate(rejected)]
 
     def handle(self, req: pb.ProcessingRequest) -> list[bytes]:
+        if self.held is not None:
+            self.backlog.append(req)  # answered once the parked request is decided
+            return []
         which = req.WhichOneof("request")
         if which == "request_headers":
             return self._request_headers(req)
@@ -255,8 +266,25 @@ class StreamProcessor:
             return [_RESP_TRAILERS_CONTINUE]
         return []
 
+    def resume(self) -> list[bytes]:
+        """After ``held.future`` resolved: the responses the decision calls for."""
+        held = self.held
+        assert held is not None and held.future.done()
+        self.held = None
+        out = self._decided(held.future.result(), self.held_body)
+        self.held_body = None
+        backlog, self.backlog = self.backlog, []
+        for req in backlog:
+            if self.done:
+                break
+            out.extend(self.handle(req))
+        return out
+
     def close(self) -> None:
         """The stream ended (normally or reset): release what is still accounted."""
+        if self.held is not None:
+            self.director.cancel_held(self.held)
+            self.held = None
         self._finish()
 
     def _finish(self) -> None:
@@ -280,11 +308,7 @@ class StreamProcessor:
             elif key == "x-request-id":
                 self.request_id = _header_value(h)
         if hdrs.end_of_stream:
-            result = self._decide(None)
-            if isinstance(result, Rejected):
-                return self._reject(result)
-            self.routed = result
-            return [headers_routed(result)]
+            return self._decided(self._decide(None), None)
         if self.req_mode == FULL_DUPLEX_STREAMED:
             return []  # the headers response waits for the whole body
         return [_REQ_HEADERS_CONTINUE]
@@ -309,10 +333,18 @@ class StreamProcessor:
         parts = self.body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self.body = []
-        result = self._decide(body)
+        return self._decided(self._decide(body), body)
+
+    def _decided(self, result: Routed | Rejected | Held, body: bytes | None) -> list[bytes]:
+        if isinstance(result, Held):
+            self.held = result
+            self.held_body = body
+            return []
         if isinstance(result, Rejected):
             return self._reject(result)
         self.routed = result
+        if body is None:
+            return [headers_routed(result)]
         if self.req_mode != FULL_DUPLEX_STREAMED:
             return [body_routed(result)]
         out = [headers_routed(result)]
@@ -375,6 +407,10 @@ class ExtProcService:
             async for req in requests:
                 for out in proc.handle(req):
                     yield out
+                while proc.held is not None:
+                    await asyncio.shield(proc.held.future)
+                    for out in proc.resume():
+                        yield out
                 if proc.done:
                     return
         finally:

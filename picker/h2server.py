@@ -20,6 +20,7 @@ Not implemented (not used by Envoy's gRPC client): server push, compression
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 from collections.abc import Callable
@@ -343,7 +344,9 @@ class H2GrpcProtocol(asyncio.Protocol):
                 return
             for out in proc.handle(req):
                 self._send_message(st, out)
-            if proc.done:
+            if proc.held is not None and not st.closed:
+                proc.held.future.add_done_callback(functools.partial(self._resume, st))
+            elif proc.done:
                 self._finish(st, 0)
             return
         # Health check: unary (Check) or server-streaming (Watch, answered once).
@@ -362,6 +365,19 @@ class H2GrpcProtocol(asyncio.Protocol):
         self._send_message(st, resp)
         if st.path == HEALTH_CHECK_PATH:
             self._finish(st, 0)
+
+    def _resume(self, st: _Stream, _future: object = None) -> None:
+        """A request parked by flow control was decided: answer it now."""
+        proc = st.proc
+        if proc is None or st.closed or proc.held is None:
+            return
+        for out in proc.resume():
+            self._send_message(st, out)
+        if proc.done:
+            self._finish(st, 0)
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
 
     def _end_stream(self, st: _Stream) -> None:
         """The client half-closed: a finished request stream ends ours with OK."""

@@ -8,6 +8,7 @@ protocol layer calls ``finish`` so picker's in-flight accounting stays exact.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from picker import errors
 from picker.config import Config
 from picker.datastore import Datastore, Endpoint, Pool
 from picker.errors import RequestError
+from picker.flow import FlowQueue, Held
 from picker.observability import Metrics
 from picker.parse import parse_request
 from picker.request import Criticality, InferenceRequest
@@ -61,6 +63,10 @@ class Director:
         self.profile = profile
         self.metrics = metrics
         self._sat = config.saturation
+        fc = config.flow_control
+        self.flow = FlowQueue(fc.max_queue, fc.max_wait_seconds) if fc.enabled else None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._pump_interval = max(0.005, min(0.05, config.scrape.interval))
         # prometheus_client's .labels() costs microseconds: cache the children.
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -107,7 +113,7 @@ class Director:
         objective: str | None = None,
         subset: frozenset[str] | None = None,
         request_id: str = "",
-    ) -> Routed | Rejected:
+    ) -> Routed | Rejected | Held:
         started = time.perf_counter()
         if body:
             try:
@@ -139,10 +145,32 @@ class Director:
                 errors.no_capacity(f"no ready endpoint for pool {pool.name!r}"),
                 "no_endpoint",
             )
-        if req.criticality is Criticality.SHEDDABLE and self.saturated(candidates):
-            self._child(self.metrics.shed_total, req.model).inc()
-            return self._reject(req.model, errors.overloaded(), "shed")
+        if self.saturated(candidates) and req.criticality is not Criticality.CRITICAL:
+            if self.flow is not None:
+                held = self.flow.hold(req, pool, len(body) if body else 0)
+                if held is None:
+                    self._child(self.metrics.shed_total, req.model).inc()
+                    return self._reject(
+                        req.model, errors.overloaded("The gateway's wait queue is full."), "shed"
+                    )
+                self._child(self.metrics.queued_total, req.model).inc()
+                self.metrics.flow_queue_size.set(self.flow.size)
+                self._ensure_pump()
+                return held
+            if req.criticality is Criticality.SHEDDABLE:
+                self._child(self.metrics.shed_total, req.model).inc()
+                return self._reject(req.model, errors.overloaded(), "shed")
+        return self._route(req, pool, candidates, started, len(body) if body else 0)
 
+    def _route(
+        self,
+        req: InferenceRequest,
+        pool: Pool,
+        candidates: list[Endpoint],
+        started: float,
+        body_len: int,
+    ) -> Routed | Rejected:
+        subset = req.scratch.get("subset")
         ranked = self.profile.schedule(req, candidates)
         self.metrics.scheduler_duration.observe(time.perf_counter() - started)
         if not ranked:
@@ -162,9 +190,52 @@ class Director:
         model = req.model
         self._child(self.metrics.request_total, model, model).inc()
         self._child(self.metrics.running_requests, model).inc()
-        if body:
-            self._child(self.metrics.request_sizes, model, model).observe(len(body))
+        if body_len:
+            self._child(self.metrics.request_sizes, model, model).observe(body_len)
         return Routed(req, pool, ranked, started, served=primary)
+
+    # -- flow control --------------------------------------------------------------
+
+    def _can_dispatch(self, pool: Pool) -> bool:
+        candidates = pool.ready()
+        return bool(candidates) and not self.saturated(candidates)
+
+    def _dispatch(self, held: Held) -> None:
+        candidates = held.pool.ready()
+        result = self._route(held.request, held.pool, candidates, time.perf_counter(), 0)
+        held.future.set_result(result)
+
+    def _expire(self, held: Held) -> None:
+        model = held.request.model
+        self._child(self.metrics.shed_total, model).inc()
+        held.future.set_result(
+            self._reject(
+                model,
+                errors.overloaded("The model servers stayed saturated; retry later."),
+                "queue_timeout",
+            )
+        )
+
+    def pump(self) -> None:
+        """Dispatches held requests the pools can take now (no-op without flow control)."""
+        flow = self.flow
+        if flow is not None and flow.size:
+            flow.pump(self._can_dispatch, self._dispatch, self._expire)
+            self.metrics.flow_queue_size.set(flow.size)
+
+    def _ensure_pump(self) -> None:
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump_loop())
+
+    async def _pump_loop(self) -> None:
+        # Scrapes change pod state without any request finishing: poll while held.
+        while self.flow is not None and self.flow.size:
+            await asyncio.sleep(self._pump_interval)
+            self.pump()
+
+    def cancel_held(self, held: Held) -> None:
+        if self.flow is not None:
+            self.flow.cancel(held)
 
     def saturated(self, candidates: list[Endpoint]) -> bool:
         """True when every candidate is past the queue or the KV-cache threshold."""
@@ -208,3 +279,5 @@ class Director:
         self._child(self.metrics.request_duration, model, model).observe(
             time.perf_counter() - routed.started
         )
+        if self.flow is not None and self.flow.size:
+            self.pump()

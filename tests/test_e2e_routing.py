@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -78,3 +79,41 @@ async def test_busy_holder_sheds_new_conversations_to_others() -> None:
     pods = Counter(o.pod for o in outs if o.ok)
     assert sum(pods.values()) == 48
     assert len(pods) == 3 and min(pods.values()) >= 6, pods
+
+
+async def test_flow_control_holds_instead_of_rejecting() -> None:
+    with Stack(
+        pods=2,
+        time_scale=10.0,
+        sim_args=["--max-num-seqs", "1"],
+        picker_config={
+            "saturation": {"queue_threshold": 2},
+            "flow_control": {"enabled": True, "max_wait_seconds": 10},
+            "criticality": {"batch": "sheddable"},
+        },
+    ) as stack:
+        async with aiohttp.ClientSession() as s:
+            url = stack.url + "/v1/completions"
+            crit = {"x-gateway-inference-objective": "critical"}
+            flood = [
+                asyncio.create_task(
+                    send(s, url, {"model": MODEL, "prompt": f"f{i}", "max_tokens": 400}, crit)
+                )
+                for i in range(8)
+            ]
+            await asyncio.sleep(0.1)
+            held = await send(
+                s,
+                url,
+                {"model": MODEL, "prompt": "batch", "max_tokens": 4},
+                {"x-gateway-inference-objective": "batch"},
+            )
+            await asyncio.gather(*flood)
+        assert held.status == 200, held.error
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{stack.picker_metrics_port}/metrics", timeout=5
+        ) as r:
+            text = r.read().decode()
+        # It was parked (not rejected, not routed at once) and served once a pod drained.
+        assert 'picker_flow_control_queued_total{model_name="' + MODEL + '"} 1.0' in text
+        assert "picker_shed_total" not in text or 'picker_shed_total{model_name="' not in text
