@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 from typing import cast
 
@@ -70,8 +71,8 @@ async def serve(ports: list[int], host: str = "127.0.0.1") -> None:
     loop = asyncio.get_running_loop()
     servers = []
     for port in ports:
-        reply = _reply(f"{host}:{port}")
-        servers.append(await loop.create_server(lambda r=reply: _Echo(r), host, port))
+        factory = functools.partial(_Echo, _reply(f"{host}:{port}"))
+        servers.append(await loop.create_server(factory, host, port))
     print(f"echo ready {' '.join(str(p) for p in ports)}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

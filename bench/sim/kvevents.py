@@ -19,7 +19,7 @@ import contextlib
 import time
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import zmq
 
 from bench.sim.engine import Engine

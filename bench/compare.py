@@ -1,0 +1,358 @@
+"""Compares routing targets on the same simulated vLLM pods: ``make bench`` = ``--quick``.
+
+    python -m bench.compare [--quick] [--workloads shared_prefix,uniform]
+        [--targets picker,round_robin,least_request,vllm-router:cache_aware,...]
+        [--rates 20,40] [--arrival poisson|constant|closed:16|stages:10x5,40x5]
+        [--pods 4] [--speeds 1,1,1,0.5] [--picker-config FILE] [--url URL] [--out DIR]
+        [--duration S] [--time-scale X] [--knob shared_prefix.groups=32 ...]
+
+For every workload x rate x target: fresh pods (reset or restarted, see
+``bench.harness.pods``), the target started in front of them (``bench.harness.targets``),
+the workload sent at its arrival times with streaming, measured per request (TTFT, ITL,
+TPOT, e2e, errors), the pods' ``/metrics`` read before/after (prefix-cache hit rate,
+requests per pod) and polled every 200 ms (queue depth), the target stopped.
+
+Prints a Markdown table, writes ``<out>/<timestamp>.json`` (default out:
+``bench/results``) and PNG charts beside it (``<timestamp>/``). Latencies are wall-clock
+seconds with the simulator running ``--time-scale`` times faster than real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.harness import podmetrics, targets
+from bench.harness.plots import plot_all
+from bench.harness.pods import SimPods
+from bench.harness.report import markdown
+from bench.harness.runner import drive
+from bench.harness.stats import summarize
+from bench.routers import ROUTERS, available
+from bench.workloads import LORA_ADAPTERS, MODEL, Arrival, RequestSpec, build, parse_arrival
+
+ROOT = Path(__file__).resolve().parent
+FULL_WORKLOADS = "shared_prefix,multi_turn,uniform,lora_mix"
+QUICK_WORKLOADS = "shared_prefix,multi_turn"
+ENVOY_TARGETS = "picker,round_robin,least_request"
+ROUTER_TARGETS = "vllm-router:cache_aware,sglang-router:cache_aware"
+
+# Workload shapes for the comparison: prompts long enough that prefix-cache hits matter,
+# pods' KV caches (--num-blocks) too small to hold every prefix on every pod.
+DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
+    "shared_prefix": {
+        "groups": 16,
+        "prompts_per_group": 8,
+        "system_len": 2000,
+        "question_len": 100,
+        "output_len": 16,
+    },
+    "multi_turn": {"sessions": 24, "system_len": 1000, "user_len": 100, "output_len": 16},
+    "uniform": {"prompt_len": (200, 2000), "output_len": (8, 32)},
+    "lora_mix": {"prompt_len": (200, 1000), "output_len": 16},
+}
+DEFAULT_SIM_ARGS = ["--num-blocks", "2048"]
+
+
+@dataclass
+class Plan:
+    workloads: list[str]
+    targets: list[targets.Target]
+    rates: list[float]
+    arrival: str
+    duration: float
+    requests: int
+    concurrency: int
+    seed: int
+    knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--quick", action="store_true", help="short runs, one rate (< 2 min)")
+    ap.add_argument(
+        "--workloads",
+        help=f"comma list (default {FULL_WORKLOADS}; quick: "
+        f"{QUICK_WORKLOADS}); also trace (needs --trace)",
+    )
+    ap.add_argument(
+        "--targets",
+        help=f"comma list (default {ENVOY_TARGETS} + installed "
+        f"routers: {ROUTER_TARGETS}); url for --url",
+    )
+    ap.add_argument("--rates", help="offered loads, req/s (default 20,40,60,80; quick: 60)")
+    ap.add_argument(
+        "--arrival",
+        default="poisson",
+        help="poisson | constant | closed:N | stages:RATExSECS,... (default poisson)",
+    )
+    ap.add_argument("--duration", type=float, help="seconds of load per run (quick: 5, else 20)")
+    ap.add_argument("--requests", type=int, default=0, help="requests per run (overrides)")
+    ap.add_argument("--concurrency", type=int, default=0, help="max requests in flight")
+    ap.add_argument("--pods", type=int, default=4)
+    ap.add_argument("--speeds", default="", help="per-pod speed factors, e.g. 1,1,1,0.5")
+    ap.add_argument("--time-scale", type=float, default=1.0, help="simulator time scale")
+    ap.add_argument(
+        "--sim-args",
+        default=" ".join(DEFAULT_SIM_ARGS),
+        help="extra simulator arguments (default: %(default)s)",
+    )
+    ap.add_argument("--picker-config", help="YAML/JSON file: picker config keys (scheduler,...)")
+    ap.add_argument("--url", default="", help="external base URL (target 'url')")
+    ap.add_argument("--trace", default="", help="JSONL trace for the 'trace' workload")
+    ap.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        help="workload.key=value, e.g. shared_prefix.groups=32 (repeatable)",
+    )
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "results"), help="results directory")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--keep-logs", action="store_true", help="keep process logs (tmp dirs)")
+    return ap.parse_args(argv)
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _value(text: str) -> Any:
+    if "," in text:
+        return tuple(_value(x) for x in _split(text))
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def knobs_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    knobs = {k: dict(v) for k, v in DEFAULT_KNOBS.items()}
+    for item in args.knob:
+        key, _, value = item.partition("=")
+        wl, _, name = key.partition(".")
+        if not name or not value:
+            raise SystemExit(f"--knob {item!r}: expected workload.key=value")
+        knobs.setdefault(wl, {})[name] = _value(value)
+    if args.trace:
+        knobs.setdefault("trace", {})["path"] = args.trace
+    return knobs
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    wl = _split(args.workloads or (QUICK_WORKLOADS if quick else FULL_WORKLOADS))
+    if args.targets:
+        names = _split(args.targets)
+    else:
+        names = _split(ENVOY_TARGETS)
+        names += [t for t in _split(ROUTER_TARGETS) if available(t.split(":")[0])]
+        if args.url:
+            names.append("url")
+    tgts = [targets.parse_target(n, args.url) for n in names]
+    for t in tgts:
+        if t.kind in ROUTERS and not available(t.kind):
+            raise SystemExit(f"{t.kind} is not installed: pip install {t.kind}")
+    rates = [float(r) for r in _split(args.rates or ("60" if quick else "20,40,60,80"))]
+    duration = args.duration or (5.0 if quick else 20.0)
+    return Plan(
+        wl,
+        tgts,
+        rates,
+        args.arrival,
+        duration,
+        args.requests,
+        args.concurrency,
+        args.seed,
+        knobs_from(args),
+    )
+
+
+def arrival_for(plan: Plan, rate: float) -> Arrival:
+    kind = plan.arrival
+    if ":" in kind:
+        return parse_arrival(kind)
+    return Arrival(kind, rate=rate)
+
+
+def specs_for(plan: Plan, workload: str, rate: float) -> tuple[list[RequestSpec], Arrival, int]:
+    """The requests of one run, its arrival process and its concurrency limit.
+
+    A trace keeps its own timestamps (its "rate" is its mean rate); the others get
+    ``plan.arrival`` at ``rate``.
+    """
+    knobs = plan.knobs.get(workload, {})
+    if workload == "trace":
+        specs = build("trace", plan.requests, plan.seed, None, **knobs)
+        span = specs[-1].at if specs else 0.0
+        mean = len(specs) / span if span > 0 else 1.0
+        return specs, Arrival("constant", rate=mean), plan.concurrency
+    arrival = arrival_for(plan, rate)
+    n = plan.requests or (
+        arrival.concurrency * 8 if arrival.kind == "closed" else arrival.count_for(plan.duration)
+    )
+    specs = build(workload, n, plan.seed, arrival, **knobs)
+    return specs, arrival, plan.concurrency or arrival.concurrency
+
+
+class ProgressLine:
+    """Progress on stderr: an updating line on a terminal, one line per run otherwise."""
+
+    def __init__(self, total_runs: int) -> None:
+        self.total = total_runs
+        self.i = 0
+        self.label = ""
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def start(self, label: str) -> None:
+        self.i += 1
+        self.label = label
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tty or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        sys.stderr.write(
+            f"\r[{self.i}/{self.total} {now - self.t0:4.0f}s] {self.label}: "
+            f"{done}/{total} requests   "
+        )
+        sys.stderr.flush()
+
+    def end(self, summary: dict[str, Any]) -> None:
+        ttft = (summary.get("ttft") or {}).get("p90")
+        ttft_s = "-" if ttft is None else f"{ttft * 1e3:.0f} ms"
+        sys.stderr.write(
+            f"\r[{self.i}/{self.total} {time.monotonic() - self.t0:4.0f}s] {self.label}: "
+            f"{summary['ok']}/{summary['requests']} ok, TTFT p90 {ttft_s}, "
+            f"{summary['elapsed_s']:.1f}s of load\n"
+        )
+        sys.stderr.flush()
+
+
+async def measure(
+    url: str,
+    specs: list[RequestSpec],
+    pods: list[str],
+    concurrency: int,
+    progress: ProgressLine,
+) -> dict[str, Any]:
+    before = await podmetrics.snapshot(pods) if pods else {}
+    async with podmetrics.QueuePoller(pods) as poller:
+        records, elapsed = await drive(
+            url, specs, concurrency=concurrency, progress=progress.update
+        )
+    after = await podmetrics.snapshot(pods) if pods else {}
+    return summarize(records, elapsed, podmetrics.deltas(before, after), poller.samples)
+
+
+def picker_config_from(path: str | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    data = yaml.safe_load(Path(path).read_text())  # JSON is YAML too
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping")
+    return data
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    plan = plan_from(args)
+    picker_cfg = picker_config_from(args.picker_config)
+    sim_args = args.sim_args.split()
+    adapters = list(LORA_ADAPTERS) if "lora_mix" in plan.workloads else []
+    if adapters:
+        sim_args += ["--lora-adapters", ",".join(adapters), "--max-loras", "2"]
+    speeds = [float(s) for s in _split(args.speeds)] or None
+    runs = len(plan.workloads) * len(plan.rates) * len(plan.targets)
+    progress = ProgressLine(runs)
+    results: list[dict[str, Any]] = []
+    started = time.strftime("%Y%m%d-%H%M%S")
+    t0 = time.monotonic()
+    with SimPods(args.pods, MODEL, args.time_scale, speeds, sim_args, args.keep_logs) as sim:
+        for workload in plan.workloads:
+            for rate in plan.rates:
+                specs, arrival, concurrency = specs_for(plan, workload, rate)
+                for target in plan.targets:
+                    progress.start(f"{target.label} {workload} @{arrival.mean_rate:g}/s")
+                    addrs = sim.fresh() if target.needs_pods else []
+                    with targets.launch(
+                        target,
+                        addrs,
+                        picker_config=picker_cfg,
+                        adapters=adapters,
+                        keep_logs=args.keep_logs,
+                    ) as url:
+                        summary = asyncio.run(measure(url, specs, addrs, concurrency, progress))
+                    progress.end(summary)
+                    results.append(
+                        {
+                            "target": target.label,
+                            "workload": workload,
+                            "rate": arrival.mean_rate,
+                            "arrival": arrival.kind,
+                            "concurrency": concurrency,
+                            "pods": len(addrs),
+                            **summary,
+                        }
+                    )
+        pod_mode = f"reset {sim.resets}x, started {sim.restarts}x"
+    meta = {
+        "started": started,
+        "wall_s": time.monotonic() - t0,
+        "argv": sys.argv[1:],
+        "quick": args.quick,
+        "pods": args.pods,
+        "speeds": speeds,
+        "time_scale": args.time_scale,
+        "sim_args": sim_args,
+        "duration_s": plan.duration,
+        "seed": plan.seed,
+        "knobs": {w: plan.knobs.get(w, {}) for w in plan.workloads},
+        "picker_config": picker_cfg or targets.DEFAULT_PICKER_CONFIG,
+        "pod_lifecycle": pod_mode,
+    }
+    return {"meta": meta, "runs": results}
+
+
+def write_outputs(data: dict[str, Any], out: Path, plots: bool) -> tuple[Path, list[Path]]:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = data["meta"]["started"]
+    path = out / f"{stamp}.json"
+    path.write_text(json.dumps(data, indent=1, default=str))
+    pngs = plot_all(data["runs"], out / stamp) if plots else []
+    return path, pngs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    data = run(args)
+    meta = data["meta"]
+    print(
+        f"\n{len(data['runs'])} runs in {meta['wall_s']:.0f} s; pods: {meta['pods']} "
+        f"(speeds {meta['speeds'] or 'all 1'}), sim time-scale {meta['time_scale']:g}, "
+        f"{meta['duration_s']:g} s of load per run; pods {meta['pod_lifecycle']}\n"
+    )
+    print(markdown(data["runs"]))
+    path, pngs = write_outputs(data, Path(args.out), not args.no_plots)
+    print(f"\nresults: {path}")
+    for p in pngs:
+        print(f"plot: {p}")
+
+
+if __name__ == "__main__":
+    main()

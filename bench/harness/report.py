@@ -1,0 +1,81 @@
+"""The Markdown table of a comparison: one row per target x workload x rate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+COLUMNS = (
+    ("target", "target"),
+    ("workload", "workload"),
+    ("rate", "rate/s"),
+    ("ok", "ok"),
+    ("err", "err"),
+    ("ttft", "TTFT p50/p90/p99 ms"),
+    ("itl", "ITL p50/p90 ms"),
+    ("tpot", "TPOT mean ms"),
+    ("e2e", "e2e p50/p90 ms"),
+    ("tok_s", "out tok/s"),
+    ("req_s", "req/s"),
+    ("hit", "prefix hit %"),
+    ("skew", "max pod share"),
+    ("queue", "queue mean/max"),
+)
+
+
+def _ms(d: dict[str, Any] | None, *keys: str) -> str:
+    if not d:
+        return "-"
+    vals = [d.get(k) for k in keys]
+    return "/".join(
+        "-" if v is None else f"{v * 1e3:.0f}" if v >= 0.1 else f"{v * 1e3:.1f}" for v in vals
+    )
+
+
+def _num(v: Any, fmt: str = "{:.1f}") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def row(r: dict[str, Any]) -> dict[str, str]:
+    shares = r.get("pod_share_metrics") or r.get("pod_share") or {}
+    n_pods = r.get("pods") or len(shares)
+    skew = max(shares.values()) if shares else None
+    queue = r.get("queue") or {}
+    errors = r.get("errors") or {}
+    rate = r.get("rate")
+    return {
+        "target": str(r.get("target")),
+        "workload": str(r.get("workload")),
+        "rate": "closed" if not rate else _num(rate, "{:g}"),
+        "ok": str(r.get("ok", 0)),
+        "err": ",".join(f"{k}x{v}" for k, v in errors.items()) or "0",
+        "ttft": _ms(r.get("ttft"), "p50", "p90", "p99"),
+        "itl": _ms(r.get("itl"), "p50", "p90"),
+        "tpot": _ms(r.get("tpot"), "mean"),
+        "e2e": _ms(r.get("e2e"), "p50", "p90"),
+        "tok_s": _num(r.get("output_tokens_per_s"), "{:.0f}"),
+        "req_s": _num(r.get("request_rate")),
+        "hit": _num(None if r.get("prefix_hit_rate") is None else r["prefix_hit_rate"] * 100),
+        "skew": "-" if skew is None else f"{skew:.2f} (fair {1 / max(n_pods, 1):.2f})",
+        "queue": "-" if not queue else f"{queue['mean_waiting']:.1f}/{queue['max_waiting']:.0f}",
+    }
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    rows = [row(r) for r in results]
+    head = [title for _, title in COLUMNS]
+    widths = [
+        max(len(h), *(len(x[k]) for x in rows)) if rows else len(h)
+        for (k, _), h in zip(COLUMNS, head, strict=True)
+    ]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    for x in rows:
+        cells = [x[k].ljust(w) for (k, _), w in zip(COLUMNS, widths, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Aggregation of one run: latency percentiles, throughput, errors, pod shares, cache hits.
+
+Definitions (as in vLLM's and inference-perf's benchmarks):
+
+* TTFT: send → first streamed token, per successful request.
+* ITL: gaps between consecutive token events, pooled over all successful requests.
+* TPOT: per request, (e2e - TTFT) / (output tokens - 1), for requests with >= 2 tokens.
+* e2e: send → end of the response.
+* throughput: output tokens of successful requests / run seconds (first send to last
+  completion); request rate likewise.
+* prefix-cache hit rate: sum over pods of the increase of ``vllm:prefix_cache_hits_total``
+  over that of ``vllm:prefix_cache_queries_total`` (tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from bench.client import percentile
+from bench.harness.podmetrics import HITS, QUERIES, SUCCESS, QueueSample
+from bench.harness.runner import Record
+
+PERCENTILES = (50, 90, 99)
+
+
+def describe(values: Sequence[float]) -> dict[str, float]:
+    """mean, p50, p90, p99 (NaN when empty) and count."""
+    vals = list(values)
+    out = {"mean": math.fsum(vals) / len(vals) if vals else math.nan, "count": float(len(vals))}
+    for p in PERCENTILES:
+        out[f"p{p}"] = percentile(vals, p)
+    return out
+
+
+def tpot(rec: Record) -> float | None:
+    o = rec.outcome
+    if not o.ok or o.ttft is None or o.output_tokens < 2:
+        return None
+    return (o.e2e - o.ttft) / (o.output_tokens - 1)
+
+
+def summarize(
+    records: Sequence[Record],
+    elapsed: float,
+    pod_deltas: dict[str, dict[str, float]] | None = None,
+    queue: Sequence[QueueSample] = (),
+) -> dict[str, Any]:
+    """Everything the report shows about one run, JSON-ready (NaN → None)."""
+    ok = [r for r in records if r.outcome.ok]
+    ttft = [r.outcome.ttft for r in ok if r.outcome.ttft is not None]
+    itl = [x for r in ok for x in r.outcome.itl]
+    tpots = [t for r in ok if (t := tpot(r)) is not None]
+    e2e = [r.outcome.e2e for r in ok]
+    out_tokens = sum(r.outcome.output_tokens for r in ok)
+    errors = Counter(str(r.outcome.status) for r in records if not r.outcome.ok)
+    first_error = next((r.outcome.error for r in records if not r.outcome.ok), None)
+    per_pod = Counter(r.outcome.pod or "?" for r in ok)
+    result: dict[str, Any] = {
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": dict(sorted(errors.items())),
+        "first_error": first_error,
+        "elapsed_s": elapsed,
+        "request_rate": len(ok) / elapsed if elapsed > 0 else math.nan,
+        "output_tokens": out_tokens,
+        "output_tokens_per_s": out_tokens / elapsed if elapsed > 0 else math.nan,
+        "ttft": describe(ttft),
+        "itl": describe(itl),
+        "tpot": describe(tpots),
+        "e2e": describe(e2e),
+        "pod_share": share(per_pod),
+    }
+    if pod_deltas:
+        result.update(pod_summary(pod_deltas))
+    if queue:
+        result["queue"] = queue_summary(queue)
+    cleaned: dict[str, Any] = clean(result)
+    return cleaned
+
+
+def share(counts: Counter[str]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {k: v / total for k, v in sorted(counts.items())} if total else {}
+
+
+def pod_summary(pod_deltas: dict[str, dict[str, float]]) -> dict[str, Any]:
+    hits = sum(d.get(HITS, 0.0) for d in pod_deltas.values())
+    queries = sum(d.get(QUERIES, 0.0) for d in pod_deltas.values())
+    served = Counter({p: int(d.get(SUCCESS, 0.0)) for p, d in pod_deltas.items()})
+    return {
+        "prefix_hit_rate": hits / queries if queries else math.nan,
+        "prefix_hit_tokens": hits,
+        "prefix_query_tokens": queries,
+        "pod_requests": dict(sorted(served.items())),
+        "pod_share_metrics": share(served),
+    }
+
+
+def queue_summary(samples: Sequence[QueueSample]) -> dict[str, Any]:
+    """Mean and max of waiting requests per pod, and the samples themselves (for plots)."""
+    by_pod: dict[str, list[QueueSample]] = {}
+    for s in samples:
+        by_pod.setdefault(s.pod, []).append(s)
+    waiting = [s.waiting for s in samples]
+    return {
+        "max_waiting": max(waiting) if waiting else 0.0,
+        "mean_waiting": math.fsum(waiting) / len(waiting) if waiting else 0.0,
+        "per_pod_mean_waiting": {
+            p: math.fsum(s.waiting for s in v) / len(v) for p, v in sorted(by_pod.items())
+        },
+        "samples": [[s.t, s.pod, s.waiting, s.running] for s in samples],
+    }
+
+
+def imbalance(shares: dict[str, float]) -> float:
+    """max share / fair share (1.0 = perfectly even)."""
+    if not shares:
+        return math.nan
+    return max(shares.values()) * len(shares)
+
+
+def clean(value: Any) -> Any:
+    """NaN and infinities → None, recursively (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value

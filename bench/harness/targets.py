@@ -1,0 +1,105 @@
+"""What sits in front of the pods in a run, started on free loopback ports and stopped after.
+
+Target names (``--targets``):
+
+* ``picker``              Envoy + ext_proc picker (``bench.stack.Stack``), with a
+                          ``picker_config`` (default :data:`DEFAULT_PICKER_CONFIG`).
+* ``round_robin``         Envoy's ROUND_ROBIN over a static cluster of the pods.
+* ``least_request``       Envoy's LEAST_REQUEST likewise.
+* ``vllm-router:POLICY``  vllm-router (PyPI) over the pods' URLs; see ``bench.routers``.
+* ``sglang-router:POLICY`` sglang-router (PyPI) likewise.
+* ``url``                 an external base URL (``--url``); nothing is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench.procs import Procs
+from bench.routers import ROUTERS, start_router
+from bench.stack import Stack
+
+ENVOY_TARGETS = ("picker", "round_robin", "least_request")
+
+# picker's default scorers plus prefix affinity (not in picker's built-in default).
+DEFAULT_PICKER_CONFIG: dict[str, Any] = {
+    "scheduler": {
+        "filters": ["lora"],
+        "scorers": {
+            "queue": 2.0,
+            "kv_cache": 1.0,
+            "prefix": 3.0,
+            "lora_affinity": 1.0,
+            "least_inflight": 1.0,
+        },
+        "picker": "max_score",
+    }
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # picker | round_robin | least_request | vllm-router | sglang-router | url
+    policy: str = ""
+    url: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.policy}" if self.policy else self.kind
+
+    @property
+    def needs_pods(self) -> bool:
+        return self.kind != "url"
+
+
+def parse_target(text: str, url: str = "") -> Target:
+    kind, _, policy = text.strip().partition(":")
+    if kind in ENVOY_TARGETS and not policy:
+        return Target(kind)
+    if kind in ROUTERS:
+        return Target(kind, policy or "cache_aware")
+    if kind == "url":
+        if not (policy or url):
+            raise ValueError("target 'url' needs --url")
+        return Target("url", url=policy or url)  # "url:http://host:port" or --url
+    raise ValueError(
+        f"unknown target {text!r}; use picker, round_robin, least_request, "
+        "vllm-router:POLICY, sglang-router:POLICY or url"
+    )
+
+
+@contextlib.contextmanager
+def launch(
+    target: Target,
+    pods: list[str],
+    *,
+    picker_config: dict[str, Any] | None = None,
+    model: str = "",
+    adapters: list[str] | None = None,
+    keep_logs: bool = False,
+) -> Iterator[str]:
+    """Starts ``target`` over ``pods`` (host:port); yields the base URL to send to."""
+    if target.kind == "url":
+        yield target.url.rstrip("/")
+        return
+    if target.kind in ENVOY_TARGETS:
+        cfg = dict(DEFAULT_PICKER_CONFIG if picker_config is None else picker_config)
+        if target.kind == "picker" and adapters and "pools" not in cfg:
+            cfg["pools"] = [
+                {"name": "pool", "models": ["*"], "adapters": adapters, "endpoints": pods}
+            ]
+        stack = Stack(
+            pods=len(pods),
+            target=target.kind,
+            pod_addresses=list(pods),
+            picker_config=cfg if target.kind == "picker" else {},
+            keep_logs=keep_logs,
+        )
+        with stack:
+            yield stack.url
+        return
+    with Procs(keep_logs=keep_logs) as procs:
+        yield start_router(procs, target.kind, target.policy, pods)
