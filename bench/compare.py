@@ -42,7 +42,7 @@ from bench.workloads import LORA_ADAPTERS, MODEL, Arrival, RequestSpec, build, p
 
 ROOT = Path(__file__).resolve().parent
 FULL_WORKLOADS = "shared_prefix,multi_turn,uniform,lora_mix"
-QUICK_WORKLOADS = "shared_prefix,multi_turn"
+QUICK_WORKLOADS = "shared_prefix,uniform"
 ENVOY_TARGETS = "picker,round_robin,least_request"
 ROUTER_TARGETS = "vllm-router:cache_aware,sglang-router:cache_aware"
 

@@ -24,20 +24,9 @@ from bench.stack import Stack
 
 ENVOY_TARGETS = ("picker", "round_robin", "least_request")
 
-# picker's default scorers plus prefix affinity (not in picker's built-in default).
-DEFAULT_PICKER_CONFIG: dict[str, Any] = {
-    "scheduler": {
-        "filters": ["lora"],
-        "scorers": {
-            "queue": 2.0,
-            "kv_cache": 1.0,
-            "prefix": 3.0,
-            "lora_affinity": 1.0,
-            "least_inflight": 1.0,
-        },
-        "picker": "max_score",
-    }
-}
+# picker as shipped: an empty config means picker's built-in default profile
+# (picker.scheduling.profile.DEFAULT_PROFILE). --picker-config replaces it.
+DEFAULT_PICKER_CONFIG: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
