@@ -39,6 +39,8 @@ class Endpoint:
     labels: dict[str, str] = field(default_factory=dict)
     metrics: EndpointMetrics = EMPTY_METRICS
     inflight: int = 0
+    # Estimated prompt tokens still to prefill in those requests (uncached part only).
+    inflight_tokens: int = 0
     # Requests sent since the last scrape (reset by the scraper when it publishes a new
     # snapshot): the part of ``inflight`` the scraped queue cannot know about yet.
     sent_since_scrape: int = 0

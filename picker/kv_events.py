@@ -451,6 +451,7 @@ class KVEvents:
         self.subscribers: dict[str, KVEventSubscriber] = {}
         self._ctx: zmq.asyncio.Context | None = None
         self._running = False
+        self._pending: set[asyncio.Task[KVEventSubscriber | None]] = set()
 
     def endpoint_for(self, address: str) -> str | None:
         found = self.endpoints.get(address)
@@ -484,8 +485,13 @@ class KVEvents:
             return
         if self.endpoint_for(address) is None:
             return
-        with contextlib.suppress(RuntimeError):  # no running loop: wait for start()
-            asyncio.get_running_loop().create_task(self._subscribe(address))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no running loop: start() subscribes the known ones
+            return
+        task = loop.create_task(self._subscribe(address))
+        self._pending.add(task)  # keep a reference until done
+        task.add_done_callback(self._pending.discard)
 
     async def forget(self, address: str) -> None:
         """Stops following ``address`` and drops its blocks (the pod left the pool)."""
@@ -496,6 +502,9 @@ class KVEvents:
 
     async def stop(self) -> None:
         self._running = False
+        for task in list(self._pending):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         subs = list(self.subscribers.values())
         self.subscribers.clear()
         for sub in subs:

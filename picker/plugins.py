@@ -8,6 +8,13 @@ from typing import Any
 from picker.scheduling.framework import Scorer
 
 
+def _precise_prefix(params: Mapping[str, Any]) -> Scorer:
+    # Imported on use: needs the optional deps (pip install 'picker[precise]').
+    from picker.precise_prefix import PrecisePrefixScorer
+
+    return PrecisePrefixScorer.from_params(params)
+
+
 def extra_scorers() -> dict[str, Callable[[Mapping[str, Any]], Scorer]]:
-    """Scorers from optional modules, by name (none are built in yet)."""
-    return {}
+    """Scorers from optional modules, by name."""
+    return {"precise_prefix": _precise_prefix}

@@ -353,7 +353,8 @@ class PrecisePrefixScorer:
             return None
         if self.tokenizer is None:
             return None
-        return self.tokenizer.encode(request.prompt)
+        special = scratch.get("add_special_tokens")  # the body's flag, when the parser keeps it
+        return self.tokenizer.encode(request.prompt, special if isinstance(special, bool) else None)
 
     def hashes(self, request: InferenceRequest) -> list[int]:
         cached: list[int] | None = request.scratch.get(_SCRATCH_HASHES)

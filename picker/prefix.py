@@ -179,7 +179,11 @@ class PrefixScorer:
         if hot - idle > self.balance_abs and hot > self.balance_rel * idle:
             return [0.0] * len(candidates)
         n = len(hashes)
-        return [m / n for m in matched]
+        scores = [m / n for m in matched]
+        request.scratch["prefix_match"] = {
+            e.address: sc for e, sc in zip(candidates, scores, strict=True) if sc
+        }
+        return scores
 
     def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:
         hashes = self.hashes(request)

@@ -44,6 +44,7 @@ class Routed:
     endpoints: list[Endpoint]
     started: float
     served: Endpoint | None = None  # set when the response names the endpoint that served
+    tokens: int = 0  # estimated uncached prompt tokens charged to ``served``
     status: int = 0
     finished: bool = False
     _labels: Any = field(default=None, repr=False)
@@ -52,6 +53,19 @@ class Routed:
     def destination(self) -> str:
         """The ``x-gateway-destination-endpoint`` value: primary, then fallbacks."""
         return ",".join(e.address for e in self.endpoints)
+
+
+def uncached_tokens(req: InferenceRequest, endpoint: Endpoint) -> int:
+    """Estimated prompt tokens ``endpoint`` must prefill for ``req``.
+
+    ~4 characters per token; the part the prefix scorer believes is cached on the pod
+    (``scratch["prefix_match"]``, a fraction per address) is free.
+    """
+    tokens = len(req.prompt) // 4 + 1
+    match: dict[str, float] | None = req.scratch.get("prefix_match")
+    if match:
+        tokens = int(tokens * (1.0 - match.get(endpoint.address, 0.0))) + 1
+    return tokens
 
 
 class Director:
@@ -186,13 +200,15 @@ class Director:
         primary = ranked[0]
         primary.inflight += 1
         primary.sent_since_scrape += 1
+        tokens = uncached_tokens(req, primary)
+        primary.inflight_tokens += tokens
         self.profile.on_pick(req, primary)
         model = req.model
         self._child(self.metrics.request_total, model, model).inc()
         self._child(self.metrics.running_requests, model).inc()
         if body_len:
             self._child(self.metrics.request_sizes, model, model).observe(body_len)
-        return Routed(req, pool, ranked, started, served=primary)
+        return Routed(req, pool, ranked, started, served=primary, tokens=tokens)
 
     # -- flow control --------------------------------------------------------------
 
@@ -253,7 +269,9 @@ class Director:
             return
         if current is not None:
             current.inflight -= 1
+            current.inflight_tokens -= routed.tokens
         new.inflight += 1
+        new.inflight_tokens += routed.tokens
         routed.served = new
 
     def finish(self, routed: Routed, status: int) -> None:
@@ -266,6 +284,7 @@ class Director:
         model = routed.request.model
         if ep is not None:
             ep.inflight -= 1
+            ep.inflight_tokens -= routed.tokens
             if ok:
                 ep.completed += 1
             else:

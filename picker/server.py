@@ -105,6 +105,10 @@ class PickerServer:
                 ),
             )
             await self.scraper.start()
+        for scorer, _ in self.profile.scorers:
+            start = getattr(scorer, "start", None)
+            if start is not None:  # stateful plugins with background tasks (KV events)
+                await start()
         self._ready_task = asyncio.create_task(self._become_ready())
         log.info(
             "picker %s serving ext_proc on %s:%d, metrics on :%d, %d pool(s), %d endpoint(s)",
@@ -162,6 +166,10 @@ class PickerServer:
                 await self._ready_task
         if self.scraper is not None:
             await self.scraper.stop()
+        for scorer, _ in self.profile.scorers:
+            stop = getattr(scorer, "stop", None)
+            if stop is not None:
+                await stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         if self.native_server is not None:

@@ -22,6 +22,7 @@ SCORERS: dict[str, Callable[..., Scorer]] = {
     "least_inflight": scorers.LeastInflightScorer,
     "queue": scorers.QueueScorer,
     "running": scorers.RunningScorer,
+    "token_load": scorers.TokenLoadScorer,
     "kv_cache": scorers.KVCacheScorer,
     "lora_affinity": scorers.LoraAffinityScorer,
     "prefix": PrefixScorer,

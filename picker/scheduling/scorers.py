@@ -67,6 +67,23 @@ class QueueScorer:
         return _inverse_scaled([e.metrics.waiting for e in candidates], self.scale)
 
 
+class TokenLoadScorer:
+    """Prefers pods with less prefill work queued by picker: the estimated uncached prompt
+    tokens of the requests picker has in flight there.
+
+    Request counts treat a 50-token and a 5,000-token prompt alike; prefill time does
+    not. ``scale`` (tokens) keeps small differences small, like the other load scorers.
+    """
+
+    name = "token_load"
+
+    def __init__(self, scale: float = 8192.0) -> None:
+        self.scale = scale
+
+    def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
+        return _inverse_scaled([e.inflight_tokens for e in candidates], self.scale)
+
+
 class RunningScorer:
     """Prefers small running batches (each decode step costs more with a bigger batch)."""
 
