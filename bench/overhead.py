@@ -90,7 +90,7 @@ def main() -> None:
                     rows.append((name, measure(st, args, pid)))
     base = rows[0][1]
     print(
-        f"{'setup':40} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'max rps':>9} {'CPU us/req':>11}"
+        f"{'setup':58} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'max rps':>9} {'CPU us/req':>11}"
     )
     for name, r in rows:
         cpu = f"{r['cpu_us_per_req']:.0f}" if r["cpu_us_per_req"] else "-"
