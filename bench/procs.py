@@ -149,18 +149,22 @@ class Procs:
             port=listen_port,
         )
         # Envoy listens before its clusters are initialised: wait for /ready.
-        deadline = time.monotonic() + 30
+        self.wait_http_ok(f"http://127.0.0.1:{admin_port}/ready", name, 30.0)
+        return proc
+
+    def wait_http_ok(self, url: str, name: str, timeout: float = 30.0) -> None:
+        """Polls ``url`` until it answers 200; the error carries ``name``'s log tail."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
+                with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
-                        break
+                        return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} not ready:\n{self.log(name)[-4000:]}")
+                raise TimeoutError(f"{name} not ready at {url}:\n{self.log(name)[-4000:]}")
             time.sleep(0.05)
-        return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         if proc.poll() is None:

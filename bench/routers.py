@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from bench.procs import Procs, free_port
@@ -89,14 +87,4 @@ def start_router(procs: Procs, kind: str, policy: str, workers: list[str]) -> st
 
 
 def wait_healthy(url: str, procs: Procs, name: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} not healthy at {url}:\n{procs.log(name)[-4000:]}")
-        time.sleep(0.1)
+    procs.wait_http_ok(url + "/health", name, timeout)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from picker import errors
@@ -47,7 +47,6 @@ class Routed:
     tokens: int = 0  # estimated uncached prompt tokens charged to ``served``
     status: int = 0
     finished: bool = False
-    _labels: Any = field(default=None, repr=False)
 
     @property
     def destination(self) -> str:

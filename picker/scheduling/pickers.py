@@ -9,14 +9,18 @@ from picker.datastore import Endpoint
 from picker.request import InferenceRequest
 
 
-class MaxScorePicker:
-    """Highest total score wins; ties broken at random; the rest follow by score."""
-
-    name = "max_score"
+class _RandomizedPicker:
+    """Common state: how many fallbacks to return, and the random source."""
 
     def __init__(self, fallbacks: int = 0, rng: random.Random | None = None) -> None:
         self.fallbacks = fallbacks
         self._rng = rng or random.Random()
+
+
+class MaxScorePicker(_RandomizedPicker):
+    """Highest total score wins; ties broken at random; the rest follow by score."""
+
+    name = "max_score"
 
     def pick(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: Sequence[float]
@@ -30,14 +34,10 @@ class MaxScorePicker:
         return [candidates[i] for i in order[: 1 + self.fallbacks]]
 
 
-class PowerOfTwoPicker:
+class PowerOfTwoPicker(_RandomizedPicker):
     """Samples two candidates at random and keeps the better-scored one."""
 
     name = "p2c"
-
-    def __init__(self, fallbacks: int = 0, rng: random.Random | None = None) -> None:
-        self.fallbacks = fallbacks
-        self._rng = rng or random.Random()
 
     def pick(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: Sequence[float]
@@ -50,14 +50,10 @@ class PowerOfTwoPicker:
         return [candidates[first], candidates[second]][: 1 + self.fallbacks]
 
 
-class RandomPicker:
+class RandomPicker(_RandomizedPicker):
     """Uniformly random, ignoring scores."""
 
     name = "random"
-
-    def __init__(self, fallbacks: int = 0, rng: random.Random | None = None) -> None:
-        self.fallbacks = fallbacks
-        self._rng = rng or random.Random()
 
     def pick(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: Sequence[float]
