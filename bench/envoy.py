@@ -118,12 +118,18 @@ def picker_config(
     *,
     picker_host: str = "127.0.0.1",
     request_body_mode: str = "FULL_DUPLEX_STREAMED",
-    response_body_mode: str = "FULL_DUPLEX_STREAMED",
+    response_body_mode: str = "NONE",
     failure_mode_allow: bool = False,
     subset_hint: list[str] | None = None,
     listen_host: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """Envoy → ext_proc(picker) → ORIGINAL_DST cluster driven by picker's header."""
+    """Envoy → ext_proc(picker) → ORIGINAL_DST cluster driven by picker's header.
+
+    The response body is not sent to picker by default (``NONE``): picker needs only the
+    response headers and the end of the stream, which Envoy signals by closing the
+    ext_proc stream when the response ends, so streamed tokens skip a hop through picker.
+    ``response_body_mode="FULL_DUPLEX_STREAMED"`` is the inference extension's setup.
+    """
     assert request_body_mode in BODY_MODES and response_body_mode in BODY_MODES
     full_duplex = "FULL_DUPLEX_STREAMED" in (request_body_mode, response_body_mode)
     ext_proc: dict[str, Any] = {

@@ -33,6 +33,9 @@ def stack() -> Iterator[Stack]:
             "criticality": {"batch": "sheddable"},
         },
         extra_pools=[{"name": "dead", "models": ["dead-model"], "endpoints": [dead]}],
+        # The inference extension's reference setup: both bodies FULL_DUPLEX_STREAMED, so
+        # every response chunk also passes through picker (the default skips that hop).
+        envoy_options={"response_body_mode": "FULL_DUPLEX_STREAMED"},
         pool_models=[MODEL, ADAPTER],
         pool_adapters=[ADAPTER],
     ) as st:
