@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import urllib.request
 from collections import Counter
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from bench.client import send
+from bench.procs import Procs, free_port
 from bench.stack import MODEL, Stack
 
 
@@ -117,3 +121,57 @@ async def test_flow_control_holds_instead_of_rejecting() -> None:
         # It was parked (not rejected, not routed at once) and served once a pod drained.
         assert 'picker_flow_control_queued_total{model_name="' + MODEL + '"} 1.0' in text
         assert "picker_shed_total" not in text or 'picker_shed_total{model_name="' not in text
+
+
+async def test_hung_pod_is_excluded_and_comes_back() -> None:
+    """A pod whose /metrics stops answering is not routed to, then is again."""
+    procs = Procs()
+    try:
+        ports = [free_port(), free_port()]
+        sims = [
+            procs.start(
+                f"sim{i}",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.sim",
+                    "--pods",
+                    "1",
+                    "--ports",
+                    str(p),
+                    "--model",
+                    MODEL,
+                    "--time-scale",
+                    "10",
+                ],
+                ready="ready",
+            )
+            for i, p in enumerate(ports)
+        ]
+        pods = [f"127.0.0.1:{p}" for p in ports]
+        with Stack(
+            pod_addresses=pods, picker_config={"scrape": {"stale_after": 0.5, "timeout": 0.3}}
+        ) as stack:
+            async with aiohttp.ClientSession() as s:
+                url = stack.url + "/v1/completions"
+
+                async def spread(n: int) -> Counter[str | None]:
+                    # Distinct prompts: no prefix affinity, load decides.
+                    outs = [
+                        await send(s, url, {"model": MODEL, "prompt": f"q{i}", "max_tokens": 2})
+                        for i in range(n)
+                    ]
+                    assert all(o.ok for o in outs), [o.error for o in outs if not o.ok]
+                    return Counter(o.pod for o in outs)
+
+                assert set(await spread(20)) == set(pods)
+                os.kill(sims[1].pid, signal.SIGSTOP)  # hangs: scrapes time out
+                try:
+                    await asyncio.sleep(1.5)
+                    assert set(await spread(20)) == {pods[0]}
+                finally:
+                    os.kill(sims[1].pid, signal.SIGCONT)
+                await asyncio.sleep(1.0)
+                assert set(await spread(20)) == set(pods)
+    finally:
+        procs.close()
