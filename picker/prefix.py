@@ -139,6 +139,7 @@ class PrefixScorer:
         balance_abs: int = 8,
         balance_rel: float = 1.5,
         chars_per_token: float = 4.0,
+        cold_spread: float = 0.5,
         index: PrefixIndex | None = None,
     ) -> None:
         self.block_chars = block_chars
@@ -146,6 +147,7 @@ class PrefixScorer:
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
         self.chars_per_token = chars_per_token
+        self.cold_spread = cold_spread
         self.index = index or PrefixIndex(capacity_blocks)
 
     def hashes(self, request: InferenceRequest) -> list[int]:
@@ -171,7 +173,7 @@ class PrefixScorer:
         matched = self.index.match(hashes, [e.address for e in candidates])
         best = max(matched)
         if best == 0:
-            return [0.0] * len(candidates)
+            return self._spread(candidates)
         # Balance: is the best-matched pod much busier than the least busy one?
         loads = [endpoint_load(e) for e in candidates]
         hot = min(loads[i] for i, m in enumerate(matched) if m == best)
@@ -184,6 +186,22 @@ class PrefixScorer:
             e.address: sc for e, sc in zip(candidates, scores, strict=True) if sc
         }
         return scores
+
+    def _spread(self, candidates: Sequence[Endpoint]) -> list[float]:
+        """A prompt no pod holds: prefer the pods holding the fewest blocks.
+
+        Where a new prefix lands decides where it will be cached; spreading new
+        prefixes by cache occupancy (as sglang's cache-aware router does with its trees)
+        keeps any one pod's cache from overflowing while others sit empty. Scaled by
+        ``cold_spread`` so that load still weighs in.
+        """
+        if not self.cold_spread:
+            return [0.0] * len(candidates)
+        held = [self.index.blocks_on(e.address) for e in candidates]
+        top = max(held)
+        if top == 0:
+            return [0.0] * len(candidates)
+        return [self.cold_spread * (1.0 - h / top) for h in held]
 
     def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:
         hashes = self.hashes(request)

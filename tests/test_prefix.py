@@ -106,3 +106,13 @@ def test_capacity_follows_pod_kv_size() -> None:
     for i in range(20):
         scorer.on_pick(_req(f"{i:04d}" * 100), pod)
     assert scorer.index.blocks_on(pod.address) == 10
+
+
+def test_new_prefix_goes_to_the_emptiest_cache() -> None:
+    scorer = PrefixScorer(block_chars=B, cold_spread=0.5)
+    pods = [Endpoint(address=f"10.0.0.{i}:80") for i in range(3)]
+    scorer.on_pick(_req("a" * 400), pods[0])  # 25 blocks
+    scorer.on_pick(_req("b" * 160), pods[1])  # 10 blocks
+    scores = scorer.score(_req("brand new prompt " * 10), pods)
+    assert scores[2] == 0.5 and scores[0] == 0.0 and 0 < scores[1] < 0.5
+    assert PrefixScorer(block_chars=B, cold_spread=0).score(_req("x" * 50), pods) == [0.0] * 3
