@@ -182,7 +182,7 @@ async def test_saturation_sheds_sheddable_and_routes_critical(stack: Stack) -> N
         # Fill every pod: 2 running + several waiting each (max_num_seqs=2).
         flood = [
             asyncio.create_task(
-                send(s, stack.url + "/v1/completions", completion(f"long {i}", max_tokens=400))
+                send(s, stack.url + "/v1/completions", completion(f"long {i}", max_tokens=1500))
             )
             for i in range(32)
         ]

@@ -41,8 +41,27 @@ def test_random_spreads() -> None:
     assert len(counts) == 4 and min(counts.values()) > 800
 
 
-def test_ties_are_broken_at_random() -> None:
+def test_ties_go_round_robin_by_default() -> None:
     prof = build_profile({"scorers": {"least_inflight": 1}}, rng=random.Random(3))
+    pods = eps(3)
+    picks = [prof.schedule(req(), pods)[0].address for _ in range(9)]
+    assert picks[:3] == picks[3:6] == picks[6:] and len(set(picks[:3])) == 3
+
+
+def test_near_ties_count_as_ties() -> None:
+    prof = build_profile({"scorers": {"kv_cache": 1}, "tie_tolerance": 0.1})
+    pods = eps(2)
+    pods[0].metrics = EndpointMetrics(kv_usage=0.05)
+    pods[1].metrics = EndpointMetrics(kv_usage=0.0)
+    assert {prof.schedule(req(), pods)[0].address for _ in range(4)} == {p.address for p in pods}
+    pods[0].metrics = EndpointMetrics(kv_usage=0.5)
+    assert {prof.schedule(req(), pods)[0].address for _ in range(4)} == {pods[1].address}
+
+
+def test_random_tie_break_spreads() -> None:
+    prof = build_profile(
+        {"scorers": {"least_inflight": 1}, "tie_break": "random"}, rng=random.Random(3)
+    )
     pods = eps(3)
     counts = Counter(prof.schedule(req(), pods)[0].address for _ in range(3000))
     assert len(counts) == 3 and min(counts.values()) > 800
@@ -98,7 +117,7 @@ def test_subset_filter_is_always_on() -> None:
 
 
 def test_fallbacks_follow_primary() -> None:
-    prof = build_profile({"scorers": {"least_inflight": 1}, "fallbacks": 2})
+    prof = build_profile({"scorers": {"least_inflight": 1}, "fallbacks": 2, "tie_tolerance": 0})
     pods = eps(4)
     for i, p in enumerate(pods):
         p.inflight = 10 - i

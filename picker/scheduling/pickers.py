@@ -18,20 +18,60 @@ class _RandomizedPicker:
 
 
 class MaxScorePicker(_RandomizedPicker):
-    """Highest total score wins; ties broken at random; the rest follow by score."""
+    """Highest total score wins; the rest follow by score.
+
+    Candidates within ``tie_tolerance`` of the best score count as tied. Ties go to the
+    tied candidate picked least recently (``tie_break="lru"``): when nothing tells the
+    pods apart — the common case below saturation — that is round-robin, whose evenly
+    spaced arrivals per pod queue less than a random split (measured on the uniform
+    workload: TTFT p90 75 ms with random tie-breaks, see README). ``"random"`` is the
+    alternative.
+    """
 
     name = "max_score"
+
+    def __init__(
+        self,
+        fallbacks: int = 0,
+        rng: random.Random | None = None,
+        tie_tolerance: float = 0.0,
+        tie_break: str = "lru",
+    ) -> None:
+        super().__init__(fallbacks, rng)
+        if tie_break not in ("lru", "random"):
+            raise ValueError(f"tie_break must be lru or random, not {tie_break!r}")
+        self.tie_tolerance = tie_tolerance
+        self.tie_break = tie_break
+        self._seq = 0
+        self._last: dict[str, int] = {}
 
     def pick(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: Sequence[float]
     ) -> list[Endpoint]:
         n = len(candidates)
         if n == 1:
-            return [candidates[0]]
-        rnd = self._rng.random
-        # Random tie-break key per candidate, then sort by (score, key) descending.
-        order = sorted(range(n), key=lambda i: (scores[i], rnd()), reverse=True)
-        return [candidates[i] for i in order[: 1 + self.fallbacks]]
+            chosen = candidates[0]
+        else:
+            floor = max(scores) - self.tie_tolerance
+            tied = [i for i in range(n) if scores[i] >= floor]
+            if len(tied) == 1:
+                first = tied[0]
+            elif self.tie_break == "lru":
+                last = self._last
+                first = min(tied, key=lambda i: last.get(candidates[i].address, -1))
+            else:
+                first = self._rng.choice(tied)
+            chosen = candidates[first]
+        self._seq += 1
+        self._last[chosen.address] = self._seq
+        if not self.fallbacks or n == 1:
+            return [chosen]
+        rest = sorted(
+            (i for i in range(n) if candidates[i] is not chosen),
+            key=lambda i: scores[i],
+            reverse=True,
+        )
+        return [chosen, *(candidates[i] for i in rest[: self.fallbacks])]
 
 
 class PowerOfTwoPicker(_RandomizedPicker):

@@ -28,8 +28,8 @@ SCORERS: dict[str, Callable[..., Scorer]] = {
     "prefix": PrefixScorer,
 }
 
-PICKERS: dict[str, Callable[[int, random.Random | None], Picker]] = {
-    "max_score": lambda n, rng: pickers.MaxScorePicker(n, rng),
+PICKERS: dict[str, Callable[..., Picker]] = {
+    "max_score": lambda n, rng, **kw: pickers.MaxScorePicker(n, rng, **kw),
     "p2c": lambda n, rng: pickers.PowerOfTwoPicker(n, rng),
     "random": lambda n, rng: pickers.RandomPicker(n, rng),
     "round_robin": lambda n, rng: pickers.RoundRobinPicker(n),
@@ -129,4 +129,11 @@ def build_profile(
     if picker_name not in PICKERS:
         raise ValueError(f"unknown picker {picker_name!r}; known: {sorted(PICKERS)}")
     fallbacks = int(spec.get("fallbacks", 0))
-    return Profile(built_filters, built_scorers, PICKERS[picker_name](fallbacks, rng), observers)
+    picker_kw: dict[str, Any] = {}
+    for key in ("tie_tolerance", "tie_break"):
+        if key in spec:
+            if picker_name != "max_score":
+                raise ValueError(f"{key} applies to the max_score picker only")
+            picker_kw[key] = spec[key]
+    picker = PICKERS[picker_name](fallbacks, rng, **picker_kw)
+    return Profile(built_filters, built_scorers, picker, observers)
