@@ -83,8 +83,9 @@ async def send(
             out.e2e = time.perf_counter() - t0
             return out
     except Exception as e:  # a failed request is a data point, not a crash
-        return Outcome(status=0, error=f"{type(e).__name__}: {e}", e2e=time.perf_counter() - t0,
-                       sent_at=t0)
+        return Outcome(
+            status=0, error=f"{type(e).__name__}: {e}", e2e=time.perf_counter() - t0, sent_at=t0
+        )
 
 
 def _has_token(msg: dict[str, Any]) -> bool:

