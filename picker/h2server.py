@@ -166,6 +166,8 @@ class H2GrpcProtocol(asyncio.Protocol):
         try:
             while n - pos >= 9:
                 length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+                if length > OUR_MAX_FRAME:
+                    raise _ConnectionError("frame larger than SETTINGS_MAX_FRAME_SIZE")
                 end = pos + 9 + length
                 if end > n:
                     break

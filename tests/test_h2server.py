@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -171,3 +172,21 @@ async def test_unknown_method_is_unimplemented(server: PickerServer) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await method(b"")
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_garbage_connection_is_closed_and_server_keeps_serving(
+    server: PickerServer,
+) -> None:
+    for junk in (
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.grpc_port)
+        writer.write(junk)
+        await writer.drain()
+        # The server answers (SETTINGS/GOAWAY) and closes, or just closes.
+        with contextlib.suppress(ConnectionResetError):
+            await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    out = await _process(server.grpc_port, [_headers(), _body(b'{"model": "m", "prompt": "x"}')])
+    assert out[0].HasField("request_headers")
