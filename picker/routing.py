@@ -217,7 +217,9 @@ class Director:
 
     def _dispatch(self, held: Held) -> None:
         candidates = held.pool.ready()
-        result = self._route(held.request, held.pool, candidates, time.perf_counter(), 0)
+        result = self._route(
+            held.request, held.pool, candidates, time.perf_counter(), held.body_len
+        )
         held.future.set_result(result)
 
     def _expire(self, held: Held) -> None:
