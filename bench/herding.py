@@ -18,11 +18,11 @@ from typing import Any
 
 import aiohttp
 
-from bench.client import send
-from bench.stack import MODEL, Stack
+from bench.stack.client import send
+from bench.stack.gateway import MODEL, Stack
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "scraped queue only": {"scorers": {"queue": {"weight": 1, "count_unscraped": False}}},
+    "scraped queue only": {"scorers": {"scraped_queue": 1}},
     "picker (scraped + sent since)": {"scorers": {"queue": 1}},
 }
 
@@ -62,6 +62,7 @@ def main() -> None:
             time_scale=10.0,
             sim_args=["--max-num-seqs", "1"],
             picker_config={"scheduler": profile, "scrape": {"interval": 0.05}},
+            plugins={"scraped_queue": "bench.stack.plugins:ScrapedQueueScorer"},
         ) as stack:
             counts = asyncio.run(burst(stack, args.burst))
             per_pod = [counts.get(a, 0) for a in stack.pod_addresses]

@@ -49,7 +49,7 @@ from bench.harness.pods import SimPods
 from bench.harness.runner import drive
 from bench.harness.stats import summarize
 from bench.harness.targets import Target, launch
-from bench.workloads import MODEL, VOCAB, Arrival, build
+from bench.harness.workloads import MODEL, VOCAB, Arrival, build
 
 SPECIALS = ("<unk>", "<s>", "</s>")
 

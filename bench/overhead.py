@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from bench import loadgen
-from bench.stack import Stack
+from bench.stack import loadgen
+from bench.stack.gateway import Stack
 
 BODY = orjson.dumps(
     {

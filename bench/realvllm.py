@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # bench.procs needs orjson: keep it out of the model-building python
-    from bench.procs import Procs
+    from bench.stack.procs import Procs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYTHON = "/work/vllm-venv/bin/python"
@@ -284,7 +284,7 @@ def start_real_pods(
     at once doubles that and can time out), each pinned to one core when there are
     enough. Returns when all answer ``/health``.
     """
-    from bench.procs import free_port
+    from bench.stack.procs import free_port
 
     python = python or vllm_python()
     model_dir = ensure_model(model_dir, python)
@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0)
     args, extra = ap.parse_known_args(args_list)
 
-    from bench.procs import Procs
+    from bench.stack.procs import Procs
 
     stop = threading.Event()
 

@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.address:
         meta = record(args.address, args.events, out, model_dir=model_dir, hash_seed=args.hash_seed)
     else:
-        from bench.procs import Procs
+        from bench.stack.procs import Procs
 
         with Procs() as procs:
             (pod,) = start_real_pods(

@@ -55,9 +55,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
             setattr(cfg, attr, value)
     if args.policy:
         cfg.scheduler = dict(cfg.scheduler or {})
-        from picker.scheduling.profile import DEFAULT_PROFILE
+        from picker.scheduling.profile import DEFAULT_SCHEDULER
 
-        for k, v in DEFAULT_PROFILE.items():
+        for k, v in DEFAULT_SCHEDULER.items():
             cfg.scheduler.setdefault(k, v)
         cfg.scheduler["picker"] = args.policy
     if args.no_scrape:

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from picker.datastore import Datastore, Endpoint, Pool
-from picker.request import Criticality
+from picker.datalayer.datastore import Datastore, Endpoint, Pool
+from picker.request.types import Criticality
 
 
 @dataclass
@@ -38,7 +38,7 @@ class PoolConfig:
     adapters: list[str] = field(default_factory=list)
     model_server: str = "vllm"
     # Metric-name overrides for this pool, e.g. {"waiting": "my_queue_len"}; see
-    # picker.metrics_text.MetricNames for the keys.
+    # picker.datalayer.metrics_text.MetricNames for the keys.
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,14 +73,16 @@ class FlowControlConfig:
 @dataclass
 class Config:
     pools: list[PoolConfig] = field(default_factory=list)
-    scheduler: dict[str, Any] | None = None
-    # "native": picker's own HTTP/2 gRPC server (fast); "grpcio": grpc.aio (TLS-capable)
+    scheduler: dict[str, Any] | None = None  # see picker.scheduling.profile
+    # "native": picker's own HTTP/2 gRPC server; "grpcio": grpc.aio
     transport: str = "native"
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 9002
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     max_body_bytes: int = 16 * 2**20
+    # Prompt characters per token, for the token estimate of a prompt given as text.
+    chars_per_token: float = 4.0
     scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     flow_control: FlowControlConfig = field(default_factory=FlowControlConfig)
@@ -167,6 +169,10 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
     for key in ("grpc_port", "metrics_port", "max_body_bytes"):
         if key in data:
             setattr(cfg, key, int(data.pop(key)))
+    if "chars_per_token" in data:
+        cfg.chars_per_token = float(data.pop("chars_per_token"))
+        if cfg.chars_per_token <= 0:
+            raise ValueError("chars_per_token must be > 0")
     if data:
         raise ValueError(f"unknown config keys: {sorted(data)}")
     for p in cfg.pools:

@@ -10,6 +10,8 @@ in-process servers do not collide on the global default registry.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 _SCHED_BUCKETS = (
@@ -32,6 +34,8 @@ _REQ_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # prometheus_client's .labels() costs microseconds: ``child`` caches the series.
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
         self.info = Info("inference_extension", "picker build information", registry=r)
         # Requests, as the inference extension names them.
@@ -179,3 +183,11 @@ class Metrics:
             "Block hashes held by the prefix index.",
             registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: for the request path."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child

@@ -24,8 +24,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.procs import Procs, free_port
-from bench.workloads import MODEL
+from bench.harness.workloads import MODEL
+from bench.stack.procs import Procs, free_port
 
 
 @dataclass

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bench.client import Outcome, send
-from bench.workloads import RequestSpec
+from bench.harness.workloads import RequestSpec
+from bench.stack.client import Outcome, send
 
 
 @dataclass(slots=True)

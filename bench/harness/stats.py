@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from bench.client import percentile
 from bench.harness.podmetrics import HITS, QUERIES, SUCCESS, QueueSample
 from bench.harness.runner import Record
+from bench.stack.client import percentile
 
 PERCENTILES = (50, 90, 99)
 

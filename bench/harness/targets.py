@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench.procs import Procs
-from bench.routers import ROUTERS, start_router
-from bench.stack import Stack
+from bench.stack.gateway import Stack
+from bench.stack.procs import Procs
+from bench.stack.routers import ROUTERS, start_router
 
 ENVOY_TARGETS = ("picker", "round_robin", "least_request")
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from picker.datastore import Endpoint
-from picker.request import InferenceRequest
+from picker.datalayer.datastore import Endpoint
+from picker.request.types import InferenceRequest
+from picker.scheduling.framework import Filter
 
 
-class SubsetFilter:
-    """Keeps only the endpoints the proxy allowed (the protocol's subset hint).
+class SubsetFilter(Filter):
+    """Keeps only the endpoints the proxy allowed (the protocol's subset hint,
+    ``request.subset``; None means no hint). Always first in every profile."""
 
-    The allowed set travels in ``request.scratch["subset"]``; absent means no hint.
-    """
-
-    name = "subset"
+    type = "subset"
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
-        allowed: frozenset[str] | None = request.scratch.get("subset")
+        allowed = request.subset
         if allowed is None:
             return candidates
         return [e for e in candidates if e.address in allowed]
 
 
-class LoraFilter:
+class LoraFilter(Filter):
     """Never sends an adapter request to a pod whose adapter slots are all taken by others.
 
     A pod qualifies when it already runs or queues the adapter, or it has a free slot
@@ -29,7 +28,7 @@ class LoraFilter:
     unchanged: the request then waits in some pod's queue rather than failing.
     """
 
-    name = "lora"
+    type = "lora"
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         adapter = request.adapter

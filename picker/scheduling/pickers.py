@@ -1,47 +1,38 @@
-"""Pickers: turn scores into an ordered choice (primary first, then fallbacks)."""
+"""Pickers: turn scores into an ordered choice (primary first, then ``fallbacks`` more)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
 
-from picker.datastore import Endpoint
-from picker.request import InferenceRequest
+from picker.datalayer.datastore import Endpoint
+from picker.request.types import InferenceRequest
+from picker.scheduling.framework import Handle, Params, Picker
 
 
-class _RandomizedPicker:
-    """Common state: how many fallbacks to return, and the random source."""
+class _RandomizedPicker(Picker):
+    def __init__(
+        self, name: str = "", params: Params | None = None, handle: Handle | None = None
+    ) -> None:
+        super().__init__(name)
+        self._rng = handle.rng if handle is not None else random.Random()
 
-    def __init__(self, fallbacks: int = 0, rng: random.Random | None = None) -> None:
-        self.fallbacks = fallbacks
-        self._rng = rng or random.Random()
 
-
-class MaxScorePicker(_RandomizedPicker):
+class MaxScorePicker(Picker):
     """Highest total score wins; the rest follow by score.
 
-    Candidates within ``tie_tolerance`` of the best score count as tied. Ties go to the
-    tied candidate picked least recently (``tie_break="lru"``): when nothing tells the
-    pods apart — the common case below saturation — that is round-robin, whose evenly
+    Exact ties go to the tied candidate picked least recently: when nothing tells the
+    pods apart (the common case below saturation) that is round-robin, whose evenly
     spaced arrivals per pod queue less than a random split (measured on the uniform
-    workload: TTFT p90 75 ms with random tie-breaks, see README). ``"random"`` is the
-    alternative.
+    workload: TTFT p90 75 ms with random tie-breaks, see README).
     """
 
-    name = "max_score"
+    type = "max_score"
 
     def __init__(
-        self,
-        fallbacks: int = 0,
-        rng: random.Random | None = None,
-        tie_tolerance: float = 0.0,
-        tie_break: str = "lru",
+        self, name: str = "", params: Params | None = None, handle: Handle | None = None
     ) -> None:
-        super().__init__(fallbacks, rng)
-        if tie_break not in ("lru", "random"):
-            raise ValueError(f"tie_break must be lru or random, not {tie_break!r}")
-        self.tie_tolerance = tie_tolerance
-        self.tie_break = tie_break
+        super().__init__(name)
         self._seq = 0
         self._last: dict[str, int] = {}
 
@@ -52,15 +43,13 @@ class MaxScorePicker(_RandomizedPicker):
         if n == 1:
             chosen = candidates[0]
         else:
-            floor = max(scores) - self.tie_tolerance
-            tied = [i for i in range(n) if scores[i] >= floor]
+            best = max(scores)
+            tied = [i for i in range(n) if scores[i] == best]
             if len(tied) == 1:
                 first = tied[0]
-            elif self.tie_break == "lru":
+            else:
                 last = self._last
                 first = min(tied, key=lambda i: last.get(candidates[i].address, -1))
-            else:
-                first = self._rng.choice(tied)
             chosen = candidates[first]
         self._seq += 1
         self._last[chosen.address] = self._seq
@@ -77,7 +66,7 @@ class MaxScorePicker(_RandomizedPicker):
 class PowerOfTwoPicker(_RandomizedPicker):
     """Samples two candidates at random and keeps the better-scored one."""
 
-    name = "p2c"
+    type = "p2c"
 
     def pick(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: Sequence[float]
@@ -93,7 +82,7 @@ class PowerOfTwoPicker(_RandomizedPicker):
 class RandomPicker(_RandomizedPicker):
     """Uniformly random, ignoring scores."""
 
-    name = "random"
+    type = "random"
 
     def pick(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: Sequence[float]
@@ -102,13 +91,15 @@ class RandomPicker(_RandomizedPicker):
         return self._rng.sample(list(candidates), k)
 
 
-class RoundRobinPicker:
+class RoundRobinPicker(Picker):
     """Cycles through the candidates in address order, ignoring scores."""
 
-    name = "round_robin"
+    type = "round_robin"
 
-    def __init__(self, fallbacks: int = 0) -> None:
-        self.fallbacks = fallbacks
+    def __init__(
+        self, name: str = "", params: Params | None = None, handle: Handle | None = None
+    ) -> None:
+        super().__init__(name)
         self._next = 0
 
     def pick(

@@ -1,74 +1,44 @@
-"""A scheduling profile: filters → weighted scorers → picker, wired by configuration."""
+"""A scheduling profile: filters → data producers → weighted scorers → picker.
+
+Configuration (the ``scheduler`` key; ``DEFAULT_SCHEDULER`` when absent)::
+
+    scheduler:
+      plugins:                       # instances: a type, an optional name, parameters
+        - {type: prefix, parameters: {block_chars: 256}}
+        - {type: queue, name: short-queue, parameters: {scale: 4}}
+      filters: [lora]                # plugin names
+      scorers: {prefix: 3, short-queue: 2, kv_cache: 1}   # plugin name → weight
+      picker: max_score
+      fallbacks: 0                   # endpoints after the primary, for proxy retries
+
+A name that no ``plugins`` entry declares stands for an instance of the type of that
+name with default parameters, so ``scorers: {queue: 2}`` needs no ``plugins`` entry.
+Every plugin instance, declared or referenced, takes part in the hooks it implements
+(producers, ``on_pick``/``on_done`` observers, ``start``/``stop``). The subset filter
+(the proxy's hint) always runs first; it is not configured.
+"""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from picker.datastore import Endpoint
-from picker.prefix import PrefixScorer
-from picker.request import InferenceRequest
-from picker.scheduling import filters, pickers, scorers
-from picker.scheduling.framework import Filter, Picker, PickObserver, Scorer
+from picker.datalayer.datastore import Endpoint
+from picker.request.types import InferenceRequest
+from picker.scheduling.filters import SubsetFilter
+from picker.scheduling.framework import (
+    DataProducer,
+    Filter,
+    Handle,
+    Picker,
+    Plugin,
+    Scorer,
+    overrides,
+)
+from picker.scheduling.registry import Registry, default_registry
 
-FILTERS: dict[str, Callable[[], Filter]] = {
-    "subset": filters.SubsetFilter,
-    "lora": filters.LoraFilter,
-}
-
-SCORERS: dict[str, Callable[..., Scorer]] = {
-    "least_inflight": scorers.LeastInflightScorer,
-    "queue": scorers.QueueScorer,
-    "running": scorers.RunningScorer,
-    "token_load": scorers.TokenLoadScorer,
-    "kv_cache": scorers.KVCacheScorer,
-    "lora_affinity": scorers.LoraAffinityScorer,
-    "prefix": PrefixScorer,
-}
-
-PICKERS: dict[str, Callable[..., Picker]] = {
-    "max_score": lambda n, rng, **kw: pickers.MaxScorePicker(n, rng, **kw),
-    "p2c": lambda n, rng: pickers.PowerOfTwoPicker(n, rng),
-    "random": lambda n, rng: pickers.RandomPicker(n, rng),
-    "round_robin": lambda n, rng: pickers.RoundRobinPicker(n),
-}
-
-
-@dataclass
-class Profile:
-    """One configured scheduler. ``schedule`` is the hot path: keep it allocation-light."""
-
-    filters: list[Filter]
-    scorers: list[tuple[Scorer, float]]
-    picker: Picker
-    observers: list[PickObserver] = field(default_factory=list)
-
-    def schedule(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
-        """Ranked endpoints for ``request`` (primary first); empty when none is eligible."""
-        for f in self.filters:
-            candidates = f.filter(request, candidates)
-            if not candidates:
-                return []
-        n = len(candidates)
-        totals = [0.0] * n
-        if n > 1:
-            for scorer, weight in self.scorers:
-                for i, s in enumerate(scorer.score(request, candidates)):
-                    totals[i] += weight * s
-        return self.picker.pick(request, candidates, totals)
-
-    def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:
-        for o in self.observers:
-            o.on_pick(request, endpoint)
-
-    def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
-        for o in self.observers:
-            o.on_done(request, endpoint, ok)
-
-
-DEFAULT_PROFILE: dict[str, Any] = {
+DEFAULT_SCHEDULER: dict[str, Any] = {
     "filters": ["lora"],
     "scorers": {
         "prefix": 3.0,
@@ -80,60 +50,142 @@ DEFAULT_PROFILE: dict[str, Any] = {
     "picker": "max_score",
     "fallbacks": 0,
 }
+_KEYS = frozenset({"plugins", "filters", "scorers", "picker", "fallbacks"})
+
+
+@dataclass
+class Profile:
+    """One configured scheduler. ``schedule`` is the hot path: keep it allocation-light."""
+
+    filters: list[Filter]
+    producers: list[DataProducer]
+    scorers: list[tuple[Scorer, float]]
+    picker: Picker
+    plugins: list[Plugin] = field(default_factory=list)  # every instance, for the hooks
+    _pick_observers: list[Plugin] = field(default_factory=list)
+    _done_observers: list[Plugin] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._pick_observers = [p for p in self.plugins if overrides(p, "on_pick")]
+        self._done_observers = [p for p in self.plugins if overrides(p, "on_done")]
+
+    def schedule(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
+        """Ranked endpoints for ``request`` (primary first); empty when none is eligible."""
+        for f in self.filters:
+            candidates = f.filter(request, candidates)
+            if not candidates:
+                return []
+        for producer in self.producers:
+            producer.produce(request, candidates)
+        n = len(candidates)
+        totals = [0.0] * n
+        if n > 1:
+            for scorer, weight in self.scorers:
+                for i, s in enumerate(scorer.score(request, candidates)):
+                    totals[i] += weight * s
+        return self.picker.pick(request, candidates, totals)
+
+    def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:
+        for o in self._pick_observers:
+            o.on_pick(request, endpoint)
+
+    def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
+        for o in self._done_observers:
+            o.on_done(request, endpoint, ok)
+
+    async def start(self) -> None:
+        for p in self.plugins:
+            if overrides(p, "start"):
+                await p.start()
+
+    async def stop(self) -> None:
+        for p in reversed(self.plugins):
+            if overrides(p, "stop"):
+                await p.stop()
+
+
+_P = TypeVar("_P", bound=Plugin)
+
+
+class _Builder:
+    def __init__(self, registry: Registry, handle: Handle) -> None:
+        self.registry = registry
+        self.handle = handle
+        self.instances: dict[str, Plugin] = {}
+
+    def declare(self, i: int, entry: Any) -> None:
+        where = f"scheduler.plugins[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where} must be a mapping with a type")
+        unknown = set(entry) - {"type", "name", "parameters"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        type_name = entry.get("type")
+        if not isinstance(type_name, str) or not type_name:
+            raise ValueError(f"{where}: type is required")
+        name = str(entry.get("name") or type_name)
+        if name in self.instances:
+            raise ValueError(f"{where}: plugin name {name!r} is declared twice")
+        self.instances[name] = self.registry.create(
+            type_name, name, entry.get("parameters"), self.handle
+        )
+
+    def ref(self, name: Any, role: type[_P], what: str) -> _P:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"scheduler: a {what} must be named by a string, not {name!r}")
+        plugin = self.instances.get(name)
+        if plugin is None:
+            if name not in self.registry:
+                raise ValueError(
+                    f"scheduler: unknown {what} {name!r}: no plugin of that name is declared "
+                    f"and no plugin type has it; known types: {self.registry.types()}"
+                )
+            plugin = self.instances[name] = self.registry.create(name, name, None, self.handle)
+        if not isinstance(plugin, role):
+            raise ValueError(f"scheduler: plugin {name!r} ({type(plugin).__name__}) is no {what}")
+        return plugin
 
 
 def build_profile(
     spec: Mapping[str, Any] | None = None,
     *,
-    extra_scorers: Mapping[str, Callable[[Mapping[str, Any]], Scorer]] | None = None,
-    rng: random.Random | None = None,
+    handle: Handle | None = None,
+    registry: Registry | None = None,
 ) -> Profile:
-    """Builds a profile from a config mapping (see ``DEFAULT_PROFILE`` for the shape).
+    """Builds a profile from the ``scheduler`` config mapping (see the module doc)."""
+    spec = dict(DEFAULT_SCHEDULER if spec is None else spec)
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise ValueError(f"scheduler: unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+    b = _Builder(registry or default_registry(), handle or Handle())
+    declared = spec.get("plugins") or []
+    if not isinstance(declared, Sequence) or isinstance(declared, str):
+        raise ValueError("scheduler.plugins must be a list")
+    for i, entry in enumerate(declared):
+        b.declare(i, entry)
 
-    ``scorers`` maps a scorer name to its weight, or to ``{"weight": w, ...params}``.
-    The subset filter is always first: the protocol requires honouring the proxy's hint.
-    """
-    spec = dict(DEFAULT_PROFILE if spec is None else spec)
-    filter_names: Sequence[str] = spec.get("filters", [])
-    built_filters: list[Filter] = [filters.SubsetFilter()]
-    for name in filter_names:
-        if name == "subset":
-            continue
-        if name not in FILTERS:
-            raise ValueError(f"unknown filter {name!r}; known: {sorted(FILTERS)}")
-        built_filters.append(FILTERS[name]())
+    names: Any = spec.get("filters") or []
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise ValueError("scheduler.filters must be a list of plugin names")
+    built_filters: list[Filter] = [SubsetFilter()]
+    built_filters += [b.ref(n, Filter, "filter") for n in names if n != "subset"]
 
+    weights: Any = spec.get("scorers") or {}
+    if not isinstance(weights, Mapping):
+        raise ValueError("scheduler.scorers must map plugin names to weights")
     built_scorers: list[tuple[Scorer, float]] = []
-    observers: list[PickObserver] = []
-    extra = dict(extra_scorers or {})
-    for name, value in dict(spec.get("scorers", {})).items():
-        params: dict[str, Any] = dict(value) if isinstance(value, Mapping) else {"weight": value}
-        weight = float(params.pop("weight", 1.0))
-        if weight == 0:
-            continue
-        if name in SCORERS:
-            try:
-                scorer = SCORERS[name](**params)
-            except TypeError as e:
-                raise ValueError(f"scorer {name!r}: bad parameters {sorted(params)}: {e}") from None
-        elif name in extra:
-            scorer = extra[name](params)
-        else:
-            known = sorted(SCORERS) + sorted(extra)
-            raise ValueError(f"unknown scorer {name!r}; known: {known}")
-        built_scorers.append((scorer, weight))
-        if isinstance(scorer, PickObserver):
-            observers.append(scorer)
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"scheduler.scorers.{name}: the weight must be a number")
+        scorer = b.ref(name, Scorer, "scorer")
+        if weight:
+            built_scorers.append((scorer, float(weight)))
 
-    picker_name = str(spec.get("picker", "max_score"))
-    if picker_name not in PICKERS:
-        raise ValueError(f"unknown picker {picker_name!r}; known: {sorted(PICKERS)}")
-    fallbacks = int(spec.get("fallbacks", 0))
-    picker_kw: dict[str, Any] = {}
-    for key in ("tie_tolerance", "tie_break"):
-        if key in spec:
-            if picker_name != "max_score":
-                raise ValueError(f"{key} applies to the max_score picker only")
-            picker_kw[key] = spec[key]
-    picker = PICKERS[picker_name](fallbacks, rng, **picker_kw)
-    return Profile(built_filters, built_scorers, picker, observers)
+    picker = b.ref(spec.get("picker", "max_score"), Picker, "picker")
+    fallbacks = spec.get("fallbacks", 0)
+    if isinstance(fallbacks, bool) or not isinstance(fallbacks, int) or fallbacks < 0:
+        raise ValueError("scheduler.fallbacks must be a non-negative integer")
+    picker.fallbacks = fallbacks
+    plugins = list(b.instances.values())
+    producers = [p for p in plugins if isinstance(p, DataProducer)]
+    return Profile(built_filters, producers, built_scorers, picker, plugins)

@@ -1,0 +1,2 @@
+"""Micro-benchmarks of single hot-path pieces: body parsing (``parse``), the prefix index
+(``prefix``), the metrics parser (``scrape``), protobuf libraries (``proto``)."""

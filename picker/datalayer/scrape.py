@@ -1,0 +1,411 @@
+"""Background scraping of model-server ``/metrics`` into the datastore.
+
+One asyncio task per endpoint polls ``GET /metrics`` every ``interval`` seconds over its
+own persistent HTTP/1.1 keep-alive connection (plain asyncio streams: a minimal client
+for exactly this request, so no HTTP library is needed at runtime). Each success publishes
+a new immutable ``EndpointMetrics`` snapshot on the endpoint and resets
+``sent_since_scrape``; the hot path only ever reads whole snapshots.
+
+An endpoint becomes unhealthy (not routable) when
+
+- ``max_failures`` consecutive scrapes fail (refused, reset, timeout, non-200, bad page), or
+- it has had no successful scrape for ``stale_after`` seconds (counted from the scraper
+  starting on it when it never answered). A separate monitor task checks this several
+  times per ``stale_after``, so a hung server is caught even while a scrape is still
+  waiting for its ``timeout``;
+
+and healthy again at its next successful scrape. Failing endpoints are retried with a
+short capped backoff, so a pod that comes back is picked up within ~0.5 s. Transitions
+(healthy ↔ unhealthy) are logged at WARNING; individual scrapes never are.
+
+The monitor task also refreshes the per-pod and per-pool Prometheus gauges every
+``gauge_interval`` seconds (pool averages are over ready pods).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from picker.config import Config
+from picker.datalayer.datastore import Datastore, Endpoint, Pool
+from picker.datalayer.metrics_text import (
+    MODEL_SERVERS,
+    MetricNames,
+    names_from_config,
+    parse_metrics,
+)
+from picker.observability import Metrics
+
+log = logging.getLogger(__name__)
+
+NamesFor = Mapping[str, MetricNames] | Callable[[Pool], MetricNames]
+
+MAX_BODY = 32 * 2**20  # refuse larger /metrics pages
+MAX_BACKOFF = 0.5  # longest pause between attempts on a failing endpoint (unless interval)
+
+
+class ScrapeError(Exception):
+    """A scrape that got an answer picker cannot use (non-200, oversized, bad framing)."""
+
+
+class HTTPConnection:
+    """A keep-alive HTTP/1.1 connection repeatedly GETting one path.
+
+    Handles ``Content-Length``, chunked and read-to-close bodies. Not safe for concurrent
+    use (one request at a time); on any error call ``close`` and the next ``get``
+    reconnects. ``connects`` counts TCP connections opened.
+    """
+
+    def __init__(self, host: str, port: int, path: str = "/metrics") -> None:
+        self.host = host.strip("[]")  # "[::1]" -> "::1"
+        self.port = port
+        authority = f"{host}:{port}"
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: picker\r\n"
+            "Accept: text/plain\r\nAccept-Encoding: identity\r\n\r\n"
+        ).encode("latin-1")
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.connects = 0
+
+    async def get(self) -> bytes:
+        """The body of a 200 response; raises ScrapeError, OSError, TimeoutError, ..."""
+        reused = self._writer is not None
+        try:
+            return await self._get()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if not reused:
+                raise
+            # The server may have closed the idle connection: retry once on a new one.
+            self.close()
+            return await self._get()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+    async def _get(self) -> bytes:
+        if self._reader is None or self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self.connects += 1
+        reader, writer = self._reader, self._writer
+        writer.write(self._request)
+        await writer.drain()
+        status, version, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+        if "chunked" in headers.get("transfer-encoding", ""):
+            body = await _read_chunked(reader)
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            if not 0 <= length <= MAX_BODY:
+                raise ScrapeError(f"Content-Length {length} out of range")
+            body = await reader.readexactly(length)
+        elif status in (204, 304):
+            body = b""
+        else:  # body runs to the end of the connection
+            body = await reader.read(MAX_BODY + 1)
+            if len(body) > MAX_BODY or not reader.at_eof():
+                raise ScrapeError("response body too large")
+            headers["connection"] = "close"
+        conn = headers.get("connection", "").lower()
+        if conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive"):
+            self.close()
+        if status != 200:
+            raise ScrapeError(f"HTTP {status}")
+        return body
+
+
+def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ScrapeError(f"bad status line {lines[0][:100]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), parts[0], headers
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        try:
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ScrapeError(f"bad chunk size {size_line[:40]!r}") from None
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+                pass
+            return b"".join(chunks)
+        total += size
+        if size < 0 or total > MAX_BODY:
+            raise ScrapeError("response body too large")
+        chunk = await reader.readexactly(size + 2)
+        if chunk[-2:] != b"\r\n":
+            raise ScrapeError("chunk not terminated by CRLF")
+        chunks.append(chunk[:-2])
+
+
+@dataclass(eq=False)
+class _Target:
+    """Scraper-side state of one endpoint."""
+
+    ep: Endpoint
+    names: MetricNames
+    conn: HTTPConnection
+    started: float
+    last_ok: float = 0.0  # monotonic time of the last successful scrape
+    attempted: bool = False
+    last_error: str = ""
+    task: asyncio.Task[None] | None = None
+    gauges: tuple[Any, ...] = field(default_factory=tuple)
+
+
+class Scraper:
+    """Keeps every endpoint's ``metrics`` and ``healthy`` current; see the module doc.
+
+    ``stale_after``: seconds without a successful scrape after which an endpoint is
+    marked unhealthy, whatever its failure count (bounds how long a hung pod stays
+    routable). ``names_for``: the metric names of a pool, as a mapping from
+    ``pool.model_server`` or a callable taking the ``Pool``; default ``MODEL_SERVERS``.
+    ``first_scrape_done`` is set once every endpoint has had one scrape attempt
+    (successful or not), for readiness.
+    """
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        metrics: Metrics,
+        *,
+        interval: float = 0.05,
+        timeout: float = 1.0,
+        stale_after: float = 1.0,
+        max_failures: int = 3,
+        path: str = "/metrics",
+        names_for: NamesFor | None = None,
+        gauge_interval: float = 1.0,
+    ) -> None:
+        if interval <= 0 or timeout <= 0 or stale_after <= 0 or max_failures < 1:
+            raise ValueError("interval, timeout, stale_after must be > 0; max_failures >= 1")
+        self.datastore = datastore
+        self.metrics = metrics
+        self.interval = interval
+        self.timeout = timeout
+        self.stale_after = stale_after
+        self.max_failures = max_failures
+        self.path = path
+        self.gauge_interval = gauge_interval
+        self._names_for: NamesFor = names_for if names_for is not None else MODEL_SERVERS
+        self.first_scrape_done = asyncio.Event()
+        self._targets: dict[str, _Target] = {}
+        self._monitor: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, datastore: Datastore, metrics: Metrics) -> Scraper:
+        """A scraper with the config's ``scrape`` settings and per-pool metric names."""
+        overrides = {p.name: p.metrics for p in config.pools}
+        s = config.scrape
+        return cls(
+            datastore,
+            metrics,
+            interval=s.interval,
+            timeout=s.timeout,
+            stale_after=s.stale_after,
+            max_failures=s.max_failures,
+            path=s.path,
+            names_for=lambda pool: names_from_config(pool.model_server, overrides.get(pool.name)),
+        )
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts scraping every endpoint in the datastore, and the monitor task."""
+        await self.sync()
+        if self._monitor is None:
+            self._monitor = asyncio.create_task(self._monitor_loop(), name="scrape-monitor")
+
+    async def stop(self) -> None:
+        tasks = [t.task for t in self._targets.values() if t.task is not None]
+        if self._monitor is not None:
+            tasks.append(self._monitor)
+            self._monitor = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in self._targets.values():
+            t.conn.close()
+        self._targets.clear()  # a later start() begins afresh
+
+    async def sync(self) -> None:
+        """Starts tasks for endpoints new to the datastore and cancels removed ones."""
+        current = {ep.address: ep for ep in self.datastore.endpoints()}
+        pools = {p.name: p for p in self.datastore.pools}
+        removed = [t for addr, t in self._targets.items() if current.get(addr) is not t.ep]
+        for t in removed:
+            del self._targets[t.ep.address]
+            if t.task is not None:
+                t.task.cancel()
+        await asyncio.gather(*(t.task for t in removed if t.task), return_exceptions=True)
+        for t in removed:
+            t.conn.close()
+            self._remove_gauges(t)
+        # Resolve every new endpoint's names first, so a bad pool starts nothing.
+        new = [
+            (ep, self._names(pools.get(ep.pool) or Pool(ep.pool, [])))
+            for addr, ep in current.items()
+            if addr not in self._targets
+        ]
+        for ep, names in new:
+            t = _Target(
+                ep=ep,
+                names=names,
+                conn=HTTPConnection(ep.host, ep.port, self.path),
+                started=time.monotonic(),
+                gauges=self._gauge_children(ep),
+            )
+            t.task = asyncio.create_task(self._run(t), name=f"scrape {ep.address}")
+            self._targets[ep.address] = t
+        self._check_first_done()
+
+    def _names(self, pool: Pool) -> MetricNames:
+        if callable(self._names_for):
+            return self._names_for(pool)
+        try:
+            return self._names_for[pool.model_server]
+        except KeyError:
+            raise ValueError(
+                f"pool {pool.name!r}: no metric names for model_server {pool.model_server!r}"
+            ) from None
+
+    # --- scraping ---------------------------------------------------------------------
+
+    async def _run(self, t: _Target) -> None:
+        next_at = time.monotonic()
+        try:
+            while True:
+                ok = await self._scrape_once(t)
+                if not t.attempted:
+                    t.attempted = True
+                    self._check_first_done()
+                now = time.monotonic()
+                if ok:  # fixed rate
+                    next_at = max(next_at + self.interval, now)
+                else:  # capped exponential backoff
+                    exp = min(t.ep.scrape_failures - 1, 16)
+                    next_at = now + min(self.interval * 2**exp, max(self.interval, MAX_BACKOFF))
+                await asyncio.sleep(next_at - now)
+        finally:
+            t.conn.close()
+
+    async def _scrape_once(self, t: _Target) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await t.conn.get()
+            now = time.monotonic()
+            snap = parse_metrics(body.decode("utf-8", "replace"), t.names, now)
+        except Exception as e:  # refused, reset, timeout, HTTP error, malformed page
+            t.conn.close()
+            self._on_failure(t, e)
+            return False
+        ep = t.ep
+        ep.metrics = snap
+        ep.sent_since_scrape = 0
+        ep.scrape_failures = 0
+        t.last_ok = now
+        if not ep.healthy:
+            ep.healthy = True
+            log.warning("endpoint %s (pool %s) is healthy again", ep.address, ep.pool)
+        return True
+
+    def _on_failure(self, t: _Target, e: Exception) -> None:
+        ep = t.ep
+        ep.scrape_failures += 1
+        t.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if t.gauges:
+            t.gauges[-1].inc()  # scrape_errors
+        if ep.scrape_failures >= self.max_failures:
+            self._mark_unhealthy(t, f"{ep.scrape_failures} failed scrapes, last {t.last_error}")
+
+    def _mark_unhealthy(self, t: _Target, reason: str) -> None:
+        if t.ep.healthy:
+            t.ep.healthy = False
+            log.warning("endpoint %s (pool %s) is unhealthy: %s", t.ep.address, t.ep.pool, reason)
+
+    def _check_first_done(self) -> None:
+        if not self.first_scrape_done.is_set() and all(t.attempted for t in self._targets.values()):
+            self.first_scrape_done.set()
+
+    # --- staleness and gauges -----------------------------------------------------------
+
+    async def _monitor_loop(self) -> None:
+        tick = min(max(self.stale_after / 4, 0.005), 0.1)
+        next_gauges = 0.0
+        while True:
+            now = time.monotonic()
+            for t in self._targets.values():
+                if t.ep.healthy and now - (t.last_ok or t.started) > self.stale_after:
+                    age = now - (t.last_ok or t.started)
+                    why = f"; last error {t.last_error}" if t.last_error else ""
+                    self._mark_unhealthy(t, f"no successful scrape for {age:.1f}s{why}")
+            if now >= next_gauges:
+                self.update_gauges()
+                next_gauges = now + self.gauge_interval
+            await asyncio.sleep(tick)
+
+    def _gauge_children(self, ep: Endpoint) -> tuple[Any, ...]:
+        m = self.metrics
+        gauges: tuple[Any, ...] = (m.pod_queue, m.pod_kv, m.pod_running, m.pod_inflight)
+        gauges += (m.pod_ready, m.scrape_age, m.scrape_errors)
+        return tuple(g.labels(ep.pool, ep.address) for g in gauges)
+
+    def _remove_gauges(self, t: _Target) -> None:
+        m = self.metrics
+        for g in (m.pod_queue, m.pod_kv, m.pod_running, m.pod_inflight, m.pod_ready):
+            with contextlib.suppress(KeyError):
+                g.remove(t.ep.pool, t.ep.address)
+        for c in (m.scrape_age, m.scrape_errors):
+            with contextlib.suppress(KeyError):
+                c.remove(t.ep.pool, t.ep.address)
+        if not any(o.ep.pool == t.ep.pool for o in self._targets.values()):
+            for g in (m.pool_ready_pods, m.pool_avg_kv, m.pool_avg_queue, m.pool_avg_running):
+                with contextlib.suppress(KeyError):
+                    g.remove(t.ep.pool)
+
+    def update_gauges(self) -> None:
+        """Sets the per-pod gauges and the pool averages over ready pods (cheap; ~1/s)."""
+        now = time.monotonic()
+        by_pool: dict[str, list[Endpoint]] = {}
+        for t in self._targets.values():
+            ep, m = t.ep, t.ep.metrics
+            queue, kv, running, inflight, ready, age, _ = t.gauges
+            queue.set(m.waiting)
+            kv.set(m.kv_usage)
+            running.set(m.running)
+            inflight.set(ep.inflight)
+            ready.set(1 if ep.healthy else 0)
+            age.set(now - (t.last_ok or t.started))
+            pool = by_pool.setdefault(ep.pool, [])
+            if ep.healthy:
+                pool.append(ep)
+        pm = self.metrics
+        for name, ready_eps in by_pool.items():
+            n = len(ready_eps)
+            pm.pool_ready_pods.labels(name).set(n)
+            pm.pool_avg_kv.labels(name).set(_mean([e.metrics.kv_usage for e in ready_eps]))
+            pm.pool_avg_queue.labels(name).set(_mean([e.metrics.waiting for e in ready_eps]))
+            pm.pool_avg_running.labels(name).set(_mean([e.metrics.running for e in ready_eps]))
+
+
+def _mean(values: list[float] | list[int]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0

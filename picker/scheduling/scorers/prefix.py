@@ -1,0 +1,173 @@
+"""Approximate prefix-cache affinity: which pod was recently sent which prompt prefix.
+
+No tokenizer: the prompt text (UTF-8) is cut into fixed-size chunks of ``block_chars``
+bytes and hashed as a chain, each hash seeded with the previous one, so block *i*'s hash
+stands for all text up to the end of block *i* — the same idea as vLLM's chained KV block
+hashes. Each pod has an LRU of the block hashes it was sent; a global map from hash to
+pods makes a lookup cost O(matched blocks), not O(pods * blocks).
+
+A request's blocks are touched from last to first, so the first blocks are the most
+recently used and eviction removes the tails of old prompts first (as vLLM frees a
+finished request's blocks tail-first); matching walks from the first block and stops at
+the first miss, so an evicted middle never counts.
+
+The plugin is a data producer (it sets ``request.prefix``: the request's block chain and
+the leading blocks each candidate holds, which accounting turns into uncached tokens), a
+scorer (the fraction held) and an observer (a picked pod now holds the prompt). The
+score balances affinity against load the way the sglang/vLLM cache-aware routers do: when
+the pod holding the longest prefix is much busier than the least-busy candidate (more
+than ``balance_abs`` requests *and* more than ``balance_rel`` times), affinity is ignored
+for this request and the load scorers decide.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import xxhash
+
+from picker.datalayer.datastore import Endpoint
+from picker.request.types import InferenceRequest, PrefixMatch
+from picker.scheduling.framework import DataProducer, Handle, Params, Scorer
+
+_HASH = xxhash.xxh3_64_intdigest
+
+
+def block_hashes(text: str, block_chars: int, max_blocks: int = 0) -> list[int]:
+    """Chained 64-bit hashes of the full ``block_chars``-byte blocks of ``text``.
+
+    A trailing partial block is hashed too, so short prompts still match each other;
+    its hash differs from the full block that a longer prompt has at that position.
+    """
+    data = text.encode("utf-8", "surrogatepass")
+    n = len(data)
+    if max_blocks:
+        n = min(n, max_blocks * block_chars)
+    out: list[int] = []
+    h = 0
+    for start in range(0, n, block_chars):
+        h = _HASH(data[start : start + block_chars], h)
+        out.append(h)
+    return out
+
+
+class PrefixIndex:
+    """Per-pod LRU sets of block hashes plus a reverse map hash → pods."""
+
+    def __init__(self, capacity_blocks: int = 65536) -> None:
+        self.capacity_blocks = capacity_blocks
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._where: dict[int, set[str]] = {}
+        self.capacity_for: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def blocks_on(self, address: str) -> int:
+        lru = self._lru.get(address)
+        return len(lru) if lru is not None else 0
+
+    def add(self, address: str, hashes: Sequence[int]) -> None:
+        """Records that ``address`` now holds ``hashes`` (a prompt's block chain)."""
+        lru = self._lru.get(address)
+        if lru is None:
+            lru = self._lru[address] = OrderedDict()
+        where = self._where
+        move = lru.move_to_end
+        for h in reversed(hashes):  # first block ends most recent: tails evict first
+            if h in lru:
+                move(h)
+            else:
+                lru[h] = None
+                pods = where.get(h)
+                if pods is None:
+                    where[h] = {address}
+                else:
+                    pods.add(address)
+        cap = self.capacity_for.get(address, self.capacity_blocks)
+        while len(lru) > cap:
+            old, _ = lru.popitem(last=False)
+            pods = where.get(old)
+            if pods is not None:
+                pods.discard(address)
+                if not pods:
+                    del where[old]
+
+    def match(self, hashes: Sequence[int], addresses: Sequence[str]) -> dict[str, int]:
+        """Longest matched prefix, in blocks, per address (only addresses with a match)."""
+        matched = dict.fromkeys(addresses, 0)
+        where = self._where
+        for i, h in enumerate(hashes):
+            pods = where.get(h)
+            if not pods:
+                break
+            advanced = False
+            for a in pods:
+                if matched.get(a) == i:
+                    matched[a] = i + 1
+                    advanced = True
+            if not advanced:
+                break
+        return {a: m for a, m in matched.items() if m}
+
+
+class PrefixScorer(DataProducer, Scorer):
+    """Score = fraction of the request's prompt blocks the pod is believed to hold.
+
+    Parameters: ``block_chars`` (128), ``capacity_blocks`` (65536, per pod, until the
+    pod's scraped KV-cache size says how many blocks it holds), ``max_blocks`` (2048
+    blocks hashed per prompt), ``balance_abs`` (8), ``balance_rel`` (1.5).
+    """
+
+    type = "prefix"
+
+    def __init__(
+        self, name: str = "", params: Params | None = None, handle: Handle | None = None
+    ) -> None:
+        super().__init__(name)
+        p = params or Params()
+        self.block_chars = p.integer("block_chars", 128)
+        capacity = p.integer("capacity_blocks", 65536)
+        self.max_blocks = p.integer("max_blocks", 2048)
+        self.balance_abs = p.integer("balance_abs", 8)
+        self.balance_rel = p.number("balance_rel", 1.5)
+        if self.block_chars <= 0 or capacity <= 0 or self.max_blocks <= 0:
+            raise ValueError(f"plugin {self.name!r}: sizes must be positive")
+        self.chars_per_token = handle.chars_per_token if handle else 4.0
+        self.block_tokens = self.block_chars / self.chars_per_token
+        self.index = PrefixIndex(capacity)
+
+    def produce(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        text = request.prompt
+        if request.adapter:
+            text = f"<lora:{request.adapter}>" + text
+        hashes = block_hashes(text, self.block_chars, self.max_blocks) if text else []
+        matched = self.index.match(hashes, [e.address for e in candidates]) if hashes else {}
+        request.prefix = PrefixMatch(hashes, matched, self.block_tokens)
+
+    def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
+        match = request.prefix
+        if match is None or not match.matched:
+            return [0.0] * len(candidates)
+        fractions = [match.fraction(e.address) for e in candidates]
+        best = max(fractions)
+        # Balance: is the best-matched pod much busier than the least busy one?
+        loads = [e.load for e in candidates]
+        hot = min(loads[i] for i, f in enumerate(fractions) if f == best)
+        idle = min(loads)
+        if hot - idle > self.balance_abs and hot > self.balance_rel * idle:
+            return [0.0] * len(candidates)
+        return fractions
+
+    def _sync_capacity(self, e: Endpoint) -> None:
+        m = e.metrics
+        if m.num_blocks and m.block_size:
+            chars = m.num_blocks * m.block_size * self.chars_per_token
+            self.index.capacity_for[e.address] = max(1, int(chars // self.block_chars))
+
+    def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:
+        match = request.prefix
+        if match is not None and match.hashes:
+            self._sync_capacity(endpoint)
+            self.index.add(endpoint.address, match.hashes)

@@ -1,0 +1,131 @@
+"""Approximate prefix index: chained block hashes, LRU, matching, balance."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from picker.datalayer.datastore import Endpoint, EndpointMetrics
+from picker.request.types import InferenceRequest
+from picker.scheduling.framework import Handle, Params
+from picker.scheduling.scorers.prefix import PrefixIndex, PrefixScorer, block_hashes
+
+B = 16
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shared=st.text(min_size=0, max_size=400),
+    a=st.text(min_size=1, max_size=200),
+    b=st.text(min_size=1, max_size=200),
+)
+def test_shared_prefix_of_k_blocks_matches_exactly_k(shared: str, a: str, b: str) -> None:
+    # Make the two suffixes differ in their first byte, so blocks diverge right there.
+    if a[0] == b[0]:
+        b = ("x" if a[0] != "x" else "y") + b
+    sa, sb = shared + a, shared + b
+    da, db = sa.encode("utf-8", "surrogatepass"), sb.encode("utf-8", "surrogatepass")
+    k = 0
+    while (k + 1) * B <= min(len(da), len(db)) and da[: (k + 1) * B] == db[: (k + 1) * B]:
+        k += 1
+    idx = PrefixIndex()
+    idx.add("pod", block_hashes(sa, B))
+    assert idx.match(block_hashes(sb, B), ["pod"]).get("pod", 0) == k
+
+
+def test_identical_prompt_matches_fully_including_partial_tail() -> None:
+    idx = PrefixIndex()
+    h = block_hashes("short prompt", B)
+    idx.add("a", h)
+    assert idx.match(h, ["a", "b"]) == {"a": len(h)}
+
+
+def test_lru_evicts_tails_first_and_respects_capacity() -> None:
+    idx = PrefixIndex(capacity_blocks=10)
+    first = block_hashes("A" * (8 * B), B)  # 8 blocks
+    idx.add("p", first)
+    second = block_hashes("B" * (4 * B), B)  # 4 more → 2 of the oldest go
+    idx.add("p", second)
+    assert idx.blocks_on("p") == 10
+    # The tail of the first prompt was evicted, its head kept: a 6-block prefix remains.
+    assert idx.match(first, ["p"]) == {"p": 6}
+    assert idx.match(second, ["p"]) == {"p": 4}
+
+
+def test_match_stops_at_first_gap() -> None:
+    idx = PrefixIndex()
+    h = block_hashes("C" * (5 * B), B)
+    idx.add("p", [h[0], h[1], h[3], h[4]])
+    assert idx.match(h, ["p"]) == {"p": 2}
+
+
+def _req(prompt: str) -> InferenceRequest:
+    return InferenceRequest(model="m", prompt=prompt)
+
+
+def _scorer(**params: object) -> PrefixScorer:
+    return PrefixScorer(params=Params({"block_chars": B, **params}))
+
+
+def score(scorer: PrefixScorer, r: InferenceRequest, pods: list[Endpoint]) -> list[float]:
+    scorer.produce(r, pods)
+    return scorer.score(r, pods)
+
+
+def send(scorer: PrefixScorer, r: InferenceRequest, pod: Endpoint) -> None:
+    scorer.produce(r, [pod])
+    scorer.on_pick(r, pod)
+
+
+def test_scorer_prefers_pod_that_was_sent_the_prefix() -> None:
+    scorer = _scorer()
+    pods = [Endpoint(address=f"10.0.0.{i}:80") for i in range(3)]
+    system = "You are a helpful assistant that answers briefly. " * 4
+    send(scorer, _req(system + "question one"), pods[1])
+    scores = score(scorer, _req(system + "question two"), pods)
+    assert scores[1] > 0.5 and scores[0] == 0 and scores[2] == 0
+
+
+def test_match_is_typed_request_data_for_accounting() -> None:
+    scorer = _scorer()
+    pods = [Endpoint(address=f"10.0.0.{i}:80") for i in range(2)]
+    prompt = "p" * (10 * B)
+    send(scorer, _req(prompt), pods[0])
+    r = _req(prompt + "q" * (10 * B))
+    r.prompt_tokens = 20 * B // 4 + 1
+    scorer.produce(r, pods)
+    assert r.prefix is not None and r.prefix.blocks == 20
+    assert r.prefix.matched == {pods[0].address: 10}
+    # 10 blocks of B chars at 4 chars per token are cached on pod 0, none on pod 1
+    assert r.cached_tokens(pods[0].address) == 10 * B // 4
+    assert r.uncached_tokens(pods[0].address) == r.prompt_tokens - 10 * B // 4
+    assert r.uncached_tokens(pods[1].address) == r.prompt_tokens
+
+
+def test_scorer_ignores_affinity_when_holder_is_hot() -> None:
+    scorer = _scorer(balance_abs=4, balance_rel=1.5)
+    pods = [Endpoint(address=f"10.0.0.{i}:80") for i in range(2)]
+    prompt = "shared system prompt " * 10
+    send(scorer, _req(prompt), pods[0])
+    pods[0].metrics = EndpointMetrics(waiting=10, running=4)
+    assert score(scorer, _req(prompt + "?"), pods) == [0.0, 0.0]
+    pods[0].metrics = EndpointMetrics(waiting=0, running=4)
+    assert score(scorer, _req(prompt + "?"), pods)[0] > 0.5
+
+
+def test_adapter_is_part_of_the_hash_chain() -> None:
+    scorer = _scorer()
+    pods = [Endpoint(address="10.0.0.1:80")]
+    r = _req("x" * 100)
+    r.adapter = "sql"
+    send(scorer, r, pods[0])
+    assert score(scorer, _req("x" * 100), pods) == [0.0]
+
+
+def test_capacity_follows_pod_kv_size() -> None:
+    scorer = PrefixScorer(params=Params({"block_chars": 64}), handle=Handle(chars_per_token=4))
+    pod = Endpoint(address="10.0.0.1:80")
+    pod.metrics = EndpointMetrics(num_blocks=10, block_size=16)  # 160 tokens ≈ 640 chars
+    for i in range(20):
+        send(scorer, _req(f"{i:04d}" * 100), pod)
+    assert scorer.index.blocks_on(pod.address) == 10
