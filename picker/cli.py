@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from picker import __version__
 from picker.config import Config, PoolConfig, load_config
+from picker.scheduling.profile import DEFAULT_SCHEDULER
+from picker.server import PickerServer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-host", help="address for the Prometheus endpoint")
     s.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090; -1 disables)")
     s.add_argument("--transport", choices=["native", "grpcio"], help="gRPC server implementation")
-    s.add_argument("--policy", help="picker plugin: max_score, p2c, random, round_robin")
+    s.add_argument("--policy", help="the picker plugin: max_score, p2c, random, round_robin")
     s.add_argument("--no-scrape", action="store_true", help="do not scrape pod metrics")
     s.add_argument("--scrape-interval", type=float, help="seconds between scrapes (0.05)")
     s.add_argument("--log-level", default="INFO")
@@ -55,8 +57,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
             setattr(cfg, attr, value)
     if args.policy:
         cfg.scheduler = dict(cfg.scheduler or {})
-        from picker.scheduling.profile import DEFAULT_SCHEDULER
-
         for k, v in DEFAULT_SCHEDULER.items():
             cfg.scheduler.setdefault(k, v)
         cfg.scheduler["picker"] = args.policy
@@ -69,10 +69,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return cfg
 
 
-async def _serve(cfg: Config) -> None:
-    from picker.server import PickerServer
-
-    server = PickerServer(cfg)
+async def _serve(server: PickerServer) -> None:
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -91,16 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        cfg = config_from_args(args)
+        # Everything configuration can get wrong (plugins and their parameters included)
+        # fails here, before anything listens.
+        server = PickerServer(config_from_args(args))
     except (ValueError, OSError) as e:
         print(f"picker: {e}", file=sys.stderr)
         return 2
     try:
         import uvloop
 
-        uvloop.run(_serve(cfg))
+        uvloop.run(_serve(server))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(_serve(cfg))
+        asyncio.run(_serve(server))
     return 0
 
 
