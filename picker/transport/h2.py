@@ -31,52 +31,38 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from grpc_health.v1 import health_pb2
 
 from picker.handlers.stream import ExtProcService, StreamProcessor
+from picker.transport.frames import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    HEALTH_CHECK_PATH,
+    HEALTH_WATCH_PATH,
+    MAX_WINDOW,
+    OK_TRAILERS,
+    OUR_MAX_FRAME,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROCESS_PATH,
+    RECV_REFILL,
+    RESPONSE_HEADERS,
+    RST_STREAM,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_FRAME_SIZE,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+    frame,
+    trailers,
+)
 from picker.transport.health import HealthStatus
 
 log = logging.getLogger(__name__)
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE = 0x4, 0x5
-MAX_WINDOW = (1 << 31) - 1
-OUR_MAX_FRAME = 1 << 20
-_RECV_REFILL = 1 << 24  # give credit back after this many bytes
-
-PROCESS_PATH = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
-HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
-HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"
-
-_HDR = struct.Struct(">IBBI")  # length is 24 bits: packed as (length << 8 | type)
-_U32 = struct.Struct(">I")
-
-
-def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes((ftype, flags))
-        + _U32.pack(stream_id)
-        + (payload)
-    )
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """HPACK literal header field without indexing, new name (short strings only)."""
-    assert len(name) < 127 and len(value) < 127
-    return b"\x00" + bytes((len(name),)) + name + bytes((len(value),)) + value
-
-
-# :status 200 is static-table entry 8 (0x88); content-type is static name 31.
-_RESPONSE_HEADERS = b"\x88" + b"\x0f\x10" + bytes((16,)) + b"application/grpc"
-_OK_TRAILERS = _literal(b"grpc-status", b"0")
-
-
-def _trailers(status: int, message: str = "") -> bytes:
-    block = _literal(b"grpc-status", str(status).encode())
-    if message:
-        block += _literal(b"grpc-message", message.encode()[:120])
-    return block
 
 
 class _Stream:
@@ -132,8 +118,8 @@ class H2GrpcProtocol(asyncio.Protocol):
             ">HIHI", S_INITIAL_WINDOW_SIZE, MAX_WINDOW, S_MAX_FRAME_SIZE, OUR_MAX_FRAME
         )
         self.transport.write(
-            _frame(SETTINGS, 0, 0, settings)
-            + _frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - 65535))
+            frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, U32.pack(MAX_WINDOW - 65535))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -164,10 +150,10 @@ class H2GrpcProtocol(asyncio.Protocol):
                     break
                 ftype = buf[pos + 3]
                 flags = buf[pos + 4]
-                sid = _U32.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
+                sid = U32.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
                 payload = bytes(buf[pos + 9 : end])
                 pos = end
-                self._on_frame(ftype, flags, sid, payload)
+                self._onframe(ftype, flags, sid, payload)
         except _ConnectionError as e:
             self._fail(str(e))
             return
@@ -179,7 +165,7 @@ class H2GrpcProtocol(asyncio.Protocol):
 
     # -- frames --------------------------------------------------------------------
 
-    def _on_frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
+    def _onframe(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         if self._cont is not None and ftype != CONTINUATION:
             raise _ConnectionError("expected CONTINUATION")
         if ftype == DATA:
@@ -197,9 +183,9 @@ class H2GrpcProtocol(asyncio.Protocol):
         elif ftype == SETTINGS:
             if not flags & ACK:
                 self._on_settings(payload)
-                self.out.append(_frame(SETTINGS, ACK, 0))
+                self.out.append(frame(SETTINGS, ACK, 0))
         elif ftype == WINDOW_UPDATE:
-            inc = _U32.unpack_from(payload)[0] & 0x7FFFFFFF
+            inc = U32.unpack_from(payload)[0] & 0x7FFFFFFF
             if sid == 0:
                 self.conn_send_window += inc
                 for blocked in list(self.streams.values()):
@@ -213,7 +199,7 @@ class H2GrpcProtocol(asyncio.Protocol):
                         self._flush(target)
         elif ftype == PING:
             if not flags & ACK:
-                self.out.append(_frame(PING, ACK, 0, payload))
+                self.out.append(frame(PING, ACK, 0, payload))
         elif ftype == RST_STREAM:
             reset = self.streams.pop(sid, None)
             if reset is not None:
@@ -294,8 +280,8 @@ class H2GrpcProtocol(asyncio.Protocol):
 
     def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
         self.recv_unacked += len(payload)
-        if self.recv_unacked >= _RECV_REFILL:
-            self.out.append(_frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
+        if self.recv_unacked >= RECV_REFILL:
+            self.out.append(frame(WINDOW_UPDATE, 0, 0, U32.pack(self.recv_unacked)))
             self.recv_unacked = 0
         st = self.streams.get(sid)
         if st is None or st.closed:
@@ -308,7 +294,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         off = 0
         n = len(buf)
         while n - off >= 5:
-            mlen = _U32.unpack_from(buf, off + 1)[0]
+            mlen = U32.unpack_from(buf, off + 1)[0]
             if n - off - 5 < mlen:
                 break
             if buf[off]:
@@ -380,8 +366,8 @@ class H2GrpcProtocol(asyncio.Protocol):
     def _send_message(self, st: _Stream, msg: bytes) -> None:
         if not st.headers_sent:
             st.headers_sent = True
-            self.out.append(_frame(HEADERS, END_HEADERS, st.sid, _RESPONSE_HEADERS))
-        st.pending += b"\x00" + _U32.pack(len(msg)) + msg
+            self.out.append(frame(HEADERS, END_HEADERS, st.sid, RESPONSE_HEADERS))
+        st.pending += b"\x00" + U32.pack(len(msg)) + msg
         self._flush(st)
 
     def _flush(self, st: _Stream) -> None:
@@ -394,10 +380,10 @@ class H2GrpcProtocol(asyncio.Protocol):
             del pending[:room]
             st.send_window -= len(chunk)
             self.conn_send_window -= len(chunk)
-            self.out.append(_frame(DATA, 0, st.sid, chunk))
+            self.out.append(frame(DATA, 0, st.sid, chunk))
         if st.trailer is not None:
             self.streams.pop(st.sid, None)
-            self.out.append(_frame(HEADERS, END_HEADERS | END_STREAM, st.sid, st.trailer))
+            self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, st.sid, st.trailer))
             st.trailer = None
 
     def _finish(self, st: _Stream, status: int, message: str = "") -> None:
@@ -405,14 +391,14 @@ class H2GrpcProtocol(asyncio.Protocol):
         st.closed = True
         self._close_proc(st)
         if not st.headers_sent:
-            block = _RESPONSE_HEADERS + _trailers(status, message)
+            block = RESPONSE_HEADERS + trailers(status, message)
         else:
-            block = _trailers(status, message) if status or message else _OK_TRAILERS
+            block = trailers(status, message) if status or message else OK_TRAILERS
         if st.pending:
             st.trailer = block  # rare: blocked by flow control
             return
         self.streams.pop(st.sid, None)
-        self.out.append(_frame(HEADERS, END_HEADERS | END_STREAM, st.sid, block))
+        self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, st.sid, block))
 
     def _close_proc(self, st: _Stream) -> None:
         proc = st.proc
@@ -428,7 +414,7 @@ class H2GrpcProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(
                 b"".join(self.out)
-                + _frame(GOAWAY, 0, 0, _U32.pack(self.last_sid) + _U32.pack(1) + reason.encode())
+                + frame(GOAWAY, 0, 0, U32.pack(self.last_sid) + U32.pack(1) + reason.encode())
             )
             self.out.clear()
             self.transport.close()

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from picker.datalayer.datastore import Datastore, Endpoint, EndpointMetrics, Pool
 from picker.datalayer.metrics_text import MetricNames
-from picker.datalayer.scrape import HTTPConnection, ScrapeError, Scraper
+from picker.datalayer.http import HTTPConnection, ScrapeError
+from picker.datalayer.scrape import Scraper
 from picker.observability import Metrics
 from tests import FIXTURES
 
