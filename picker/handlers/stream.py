@@ -13,7 +13,26 @@ import logging
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from picker.handlers import protocol as P
+from picker.handlers.protocol import (
+    FULL_DUPLEX_STREAMED,
+    OBJECTIVE_HEADER,
+    REQ_BODY_CONTINUE,
+    REQ_HEADERS_CONTINUE,
+    REQ_TRAILERS_CONTINUE,
+    RESP_BODY_CONTINUE,
+    RESP_BODY_EMPTY_END,
+    RESP_HEADERS_CONTINUE,
+    RESP_TRAILERS_CONTINUE,
+    STREAM_CHUNK,
+    body_routed,
+    header_value,
+    headers_routed,
+    immediate,
+    served_address,
+    status_of,
+    streamed,
+    subset_hint,
+)
 from picker.requestcontrol.director import Director, Held, Rejected, Routed
 
 log = logging.getLogger(__name__)
@@ -78,7 +97,7 @@ class StreamProcessor:
 
     def _reject(self, rejected: Rejected) -> list[bytes]:
         self.done = True
-        return [P.immediate(rejected)]
+        return [immediate(rejected)]
 
     def handle(self, req: pb.ProcessingRequest) -> list[bytes]:
         if self.held is not None:
@@ -94,16 +113,16 @@ class StreamProcessor:
         if which == "response_body":
             return self._response_body(req.response_body)
         if which == "request_trailers":
-            if self.routed is None and self.req_mode == P.FULL_DUPLEX_STREAMED:
+            if self.routed is None and self.req_mode == FULL_DUPLEX_STREAMED:
                 out = self._route_body()
                 if self.done:
                     return out
-                out.append(P.REQ_TRAILERS_CONTINUE)
+                out.append(REQ_TRAILERS_CONTINUE)
                 return out
-            return [P.REQ_TRAILERS_CONTINUE]
+            return [REQ_TRAILERS_CONTINUE]
         if which == "response_trailers":
             self._finish()
-            return [P.RESP_TRAILERS_CONTINUE]
+            return [RESP_TRAILERS_CONTINUE]
         return []
 
     def resume(self) -> list[bytes]:
@@ -137,19 +156,19 @@ class StreamProcessor:
             self.req_mode = req.protocol_config.request_body_mode
             self.resp_mode = req.protocol_config.response_body_mode
         if req.HasField("metadata_context"):
-            self.subset = P.subset_hint(req)
+            self.subset = subset_hint(req)
         hdrs = req.request_headers
         for h in hdrs.headers.headers:
             key = h.key
             if key == ":path":
-                self.path = P.header_value(h)
-            elif key == P.OBJECTIVE_HEADER:
-                self.objective = P.header_value(h)
+                self.path = header_value(h)
+            elif key == OBJECTIVE_HEADER:
+                self.objective = header_value(h)
         if hdrs.end_of_stream:
             return self._decided(self._decide(None), None)
-        if self.req_mode == P.FULL_DUPLEX_STREAMED:
+        if self.req_mode == FULL_DUPLEX_STREAMED:
             return []  # the headers response waits for the whole body
-        return [P.REQ_HEADERS_CONTINUE]
+        return [REQ_HEADERS_CONTINUE]
 
     def _request_body(self, rb: pb.HttpBody) -> list[bytes]:
         if self.req_mode < 0:
@@ -163,8 +182,8 @@ class StreamProcessor:
                 return self._reject(self.director.reject_too_large(limit))
         if rb.end_of_stream or rb.end_of_stream_without_message:
             return self._route_body()
-        if self.req_mode != P.FULL_DUPLEX_STREAMED:
-            return [P.REQ_BODY_CONTINUE]
+        if self.req_mode != FULL_DUPLEX_STREAMED:
+            return [REQ_BODY_CONTINUE]
         return []
 
     def _route_body(self) -> list[bytes]:
@@ -182,17 +201,17 @@ class StreamProcessor:
             return self._reject(result)
         self.routed = result
         if body is None:
-            return [P.headers_routed(result)]
-        if self.req_mode != P.FULL_DUPLEX_STREAMED:
-            return [P.body_routed(result)]
-        out = [P.headers_routed(result)]
+            return [headers_routed(result)]
+        if self.req_mode != FULL_DUPLEX_STREAMED:
+            return [body_routed(result)]
+        out = [headers_routed(result)]
         n = len(body)
-        if n <= P.STREAM_CHUNK:
-            out.append(P.streamed("request_body", body, True))
+        if n <= STREAM_CHUNK:
+            out.append(streamed("request_body", body, True))
         else:
-            for off in range(0, n, P.STREAM_CHUNK):
-                end = off + P.STREAM_CHUNK >= n
-                out.append(P.streamed("request_body", body[off : off + P.STREAM_CHUNK], end))
+            for off in range(0, n, STREAM_CHUNK):
+                end = off + STREAM_CHUNK >= n
+                out.append(streamed("request_body", body[off : off + STREAM_CHUNK], end))
         return out
 
     def _response_headers(self, req: pb.ProcessingRequest) -> list[bytes]:
@@ -201,25 +220,25 @@ class StreamProcessor:
         routed = self.routed
         if routed is not None:
             if req.HasField("metadata_context"):
-                served = P.served_address(req)
+                served = served_address(req)
                 if served is not None:
                     self.director.served_by(routed, served)
-            self.status = P.status_of(req.response_headers)
+            self.status = status_of(req.response_headers)
             if req.response_headers.end_of_stream:
                 self._finish()
-        return [P.RESP_HEADERS_CONTINUE]
+        return [RESP_HEADERS_CONTINUE]
 
     def _response_body(self, rb: pb.HttpBody) -> list[bytes]:
         end = rb.end_of_stream or rb.end_of_stream_without_message
-        if self.resp_mode == P.FULL_DUPLEX_STREAMED:
+        if self.resp_mode == FULL_DUPLEX_STREAMED:
             if rb.body or rb.end_of_stream:
-                out = [P.streamed("response_body", rb.body, rb.end_of_stream)]
+                out = [streamed("response_body", rb.body, rb.end_of_stream)]
             elif end:
-                out = [P.RESP_BODY_EMPTY_END]
+                out = [RESP_BODY_EMPTY_END]
             else:
                 out = []
         else:
-            out = [P.RESP_BODY_CONTINUE]
+            out = [RESP_BODY_CONTINUE]
         if end:
             self._finish()
         return out
@@ -229,7 +248,7 @@ class ExtProcService:
     """The ``envoy.service.ext_proc.v3.ExternalProcessor/Process`` handler: a factory of
     stream machines sharing one director."""
 
-    def __init__(self, director: Director, default_request_mode: int = P.FULL_DUPLEX_STREAMED):
+    def __init__(self, director: Director, default_request_mode: int = FULL_DUPLEX_STREAMED):
         self.director = director
         self.default_request_mode = default_request_mode
         self.max_body = director.config.max_body_bytes

@@ -91,3 +91,17 @@ def test_normalize_address() -> None:
     assert normalize_address("[::1]:0080") == "[::1]:80"
     with pytest.raises(ValueError):
         normalize_address("10.0.0.1")
+
+
+def test_shipped_configs_build() -> None:
+    """deploy/picker.yaml and the Kubernetes ConfigMap's picker.yaml are valid as shipped."""
+    import yaml
+
+    from picker.server import PickerServer
+
+    root = Path(__file__).resolve().parents[2]
+    PickerServer(load_config(root / "deploy/picker.yaml"))
+    for doc in yaml.safe_load_all((root / "deploy/kubernetes/picker.yaml").read_text()):
+        if doc and doc.get("kind") == "ConfigMap":
+            for text in doc["data"].values():
+                PickerServer(load_config(data=yaml.safe_load(text)))
