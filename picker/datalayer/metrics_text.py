@@ -14,6 +14,19 @@ label matchers, ``family{label="value"}``, for servers that multiplex one family
 When a family has several matching series (e.g. one per data-parallel engine) the counts
 (waiting, running) are summed and KV usage is averaged; for ``lora_info`` the series with
 the greatest value (vLLM's last-update timestamp) wins.
+
+A page that does not tell picker the pod's load is a failed scrape, not an idle pod:
+``parse_metrics`` raises ``MissingMetricsError`` (a ``ValueError``) unless the page has
+at least one sample of each *required* family. Required are ``waiting``, ``running``
+and one of the ``kv_usage`` alternatives (any of them); ``lora_info`` and
+``cache_config_info`` are optional (a server without LoRA or without that info series
+still reports load). A field configured as ``""`` (or ``kv_usage`` as ``[]``) is not
+required. A sample counts when its name and label matchers match, whatever its value (a
+``NaN`` sample is present but reads as 0). So random bytes, an HTML error page, an empty
+body or some other exporter's page served with status 200 all fail the scrape; the
+scraper decodes the body as strict UTF-8 first (the text format's encoding), so
+undecodable bytes fail before they get here. Lines of other families are still not
+read, so a page is only as valid as its wanted lines.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ __all__ = [
     "MODEL_SERVERS",
     "MetricNames",
     "MetricSpec",
+    "MissingMetricsError",
     "names_from_config",
     "parse_metrics",
     "parse_spec",
@@ -115,6 +129,10 @@ class MetricNames:
         _plan(self)  # validates every name now, not at the first scrape
 
 
+class MissingMetricsError(ValueError):
+    """The page lacks a required metric family (see the module doc): a failed scrape."""
+
+
 # --- parsing -------------------------------------------------------------------------
 
 # Field ids used by the plan.
@@ -135,6 +153,27 @@ def _plan(names: MetricNames) -> _Plan:
             spec = parse_spec(text)
             plan.setdefault(spec.name, []).append((field_id, alt, spec))
     return plan
+
+
+@lru_cache(maxsize=64)
+def _required(names: MetricNames) -> int:
+    """Bit mask (``1 << field id``) of the fields a page must have a sample of."""
+    mask = 0
+    for field_id, present in ((_WAITING, names.waiting), (_RUNNING, names.running)):
+        if present:
+            mask |= 1 << field_id
+    if names.kv_usage:
+        mask |= 1 << _KV
+    return mask
+
+
+def _missing(names: MetricNames, seen: int, page: str) -> MissingMetricsError:
+    fields = [(_WAITING, names.waiting), (_RUNNING, names.running)]
+    fields.append((_KV, " or ".join(names.kv_usage)))
+    lacking = [spec for f, spec in fields if spec and not seen & (1 << f)]
+    return MissingMetricsError(
+        f"not a usable metrics page: no {', no '.join(lacking)}; it begins {page[:80]!r}"
+    )
 
 
 def _first_line(text: str, name: str, n: int) -> int:
@@ -249,9 +288,12 @@ def _int(value: str | None) -> int:
 def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
     """The snapshot ``names`` describes, read from a Prometheus text page.
 
-    Missing families leave their defaults (0 / empty). ``now`` becomes ``scraped_at``.
-    Raises ValueError on a malformed line of a wanted family (other lines are not read).
+    Missing optional families leave their defaults (0 / empty). ``now`` becomes
+    ``scraped_at``. Raises ``MissingMetricsError`` when a required family has no sample
+    (module doc) and ValueError on a malformed line of a wanted family (other lines are
+    not read).
     """
+    seen = 0  # bit mask of the fields with a matching sample
     waiting = running = 0.0
     kv: dict[int, list[float]] = {}
     lora: tuple[float, dict[str, str]] | None = None
@@ -266,6 +308,7 @@ def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
             for field_id, alt, spec in targets:
                 if spec.matchers and not spec.matches(labels):
                     continue
+                seen |= 1 << field_id
                 if field_id == _LORA:
                     if lora is None or value > lora[0]:
                         lora = (value, labels)
@@ -280,6 +323,9 @@ def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
                     running += value
                 else:
                     kv.setdefault(alt, []).append(value)
+    required = _required(names)
+    if seen & required != required:
+        raise _missing(names, seen, text)
     kv_usage = 0.0
     if kv:
         values = kv[min(kv)]

@@ -7,7 +7,9 @@ a new immutable ``EndpointMetrics`` snapshot on the endpoint and resets
 
 An endpoint becomes unhealthy (not routable) when
 
-- ``max_failures`` consecutive scrapes fail (refused, reset, timeout, non-200, bad page), or
+- ``max_failures`` consecutive scrapes fail (refused, reset, timeout, non-200, or a bad
+  page: not UTF-8, a malformed wanted line, or a required metric family missing, see
+  ``metrics_text``: a 200 with an HTML page or random bytes is a failure, not zero load), or
 - it has had no successful scrape for ``stale_after`` seconds (counted from the scraper
   starting on it when it never answered). A separate monitor task checks this several
   times per ``stale_after``, so a hung server is caught even while a scrape is still
@@ -206,7 +208,7 @@ class Scraper:
             async with asyncio.timeout(self.timeout):
                 body = await t.conn.get()
             now = time.monotonic()
-            snap = parse_metrics(body.decode("utf-8", "replace"), t.names, now)
+            snap = parse_metrics(body.decode("utf-8"), t.names, now)  # strict: text is UTF-8
         except Exception as e:  # refused, reset, timeout, HTTP error, malformed page
             t.conn.close()
             self._on_failure(t, e)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from picker.datalayer.metrics_text import (
     MODEL_SERVERS,
     MetricNames,
     MetricSpec,
+    MissingMetricsError,
     names_from_config,
     parse_metrics,
     parse_spec,
@@ -22,6 +24,8 @@ from tests import FIXTURES
 
 FIXTURE = (FIXTURES / "vllm-0.32.0-cpu-metrics.txt").read_text()
 VLLM = MODEL_SERVERS["vllm"]
+# The required families at zero load (appended to pages that test something else).
+IDLE = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n"
 
 
 def reference(text: str, names: MetricNames, now: float = 5.0) -> EndpointMetrics:
@@ -119,6 +123,7 @@ def test_escaped_labels() -> None:
         'running_lora_adapters="r1,r\\"2",max_lora="2",waiting_lora_adapters="w\\nx"} 3\n'
         'vllm:num_requests_waiting{model_name="a\\\\"} 2\n'
         'vllm:num_requests_running{weird="}, \\"vllm:num_requests_running 99"} 3e0\n'
+        "vllm:kv_cache_usage_perc 0.5\n"
     )
     got = parse_metrics(text, VLLM, 5.0)
     assert got == reference(text, VLLM)
@@ -127,14 +132,77 @@ def test_escaped_labels() -> None:
     assert (got.waiting, got.running, got.max_lora) == (2, 3, 2)
 
 
-def test_missing_families_give_defaults() -> None:
+def test_missing_optional_families_give_defaults() -> None:
     text = "# HELP foo bar\n# TYPE foo gauge\nfoo 1\nvllm:num_requests_waiting_by_reason 5\n"
-    assert parse_metrics(text, VLLM, 3.0) == EndpointMetrics(scraped_at=3.0)
-    assert parse_metrics("", VLLM, 3.0) == EndpointMetrics(scraped_at=3.0)
+    assert parse_metrics(text + IDLE, VLLM, 3.0) == EndpointMetrics(scraped_at=3.0)
+
+
+HTML = "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body>\n</html>\n"
+UNRELATED = (
+    "# HELP process_cpu_seconds_total Total user and system CPU time.\n"
+    "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 4.2\n"
+    'python_info{implementation="CPython",major="3"} 1.0\n'
+    "vllm:num_requests_waiting_by_reason 5\nvllm:num_requests_waitingx 1\n"
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        HTML,
+        UNRELATED,
+        random.Random(11).randbytes(4096).decode("latin-1"),
+        "vllm:num_requests_waiting 1\nvllm:num_requests_running 2\n",  # no KV usage
+        "vllm:num_requests_waiting 1\nvllm:kv_cache_usage_perc 0.1\n",  # no running
+        "vllm:num_requests_running 1\nvllm:gpu_cache_usage_perc 0.1\n",  # no waiting
+        "".join("# " + line + "\n" for line in IDLE.splitlines()),  # commented out
+    ],
+    ids=["empty", "html", "unrelated", "random", "no-kv", "no-running", "no-waiting", "comments"],
+)
+def test_page_without_required_families_raises(text: str) -> None:
+    with pytest.raises(MissingMetricsError, match="not a usable metrics page") as err:
+        parse_metrics(text, VLLM, 3.0)
+    assert isinstance(err.value, ValueError)
+
+
+def test_missing_error_names_what_is_lacking() -> None:
+    with pytest.raises(MissingMetricsError) as err:
+        parse_metrics(HTML, VLLM, 3.0)
+    msg = str(err.value)
+    for name in (VLLM.waiting, VLLM.running, *VLLM.kv_usage):
+        assert name in msg
+    assert "<!DOCTYPE html>" in msg  # the start of the page, for the log
+    with pytest.raises(MissingMetricsError) as err:
+        parse_metrics("vllm:num_requests_waiting 1\nvllm:gpu_cache_usage_perc 0\n", VLLM, 0)
+    assert VLLM.running in str(err.value) and "kv_cache" not in str(err.value)
+
+
+def test_required_families_follow_the_names() -> None:
+    # Label matchers: the family present with other label values does not count.
+    trt = MODEL_SERVERS["trtllm"]
+    no_waiting = TRTLLM_TEXT.replace('request_type="waiting"', 'request_type="other"')
+    with pytest.raises(MissingMetricsError, match="waiting"):
+        parse_metrics(no_waiting, trt, 0)
+    with pytest.raises(MissingMetricsError, match="sglang:token_usage"):
+        parse_metrics(SGLANG_TEXT.replace("sglang:token_usage", "x"), MODEL_SERVERS["sglang"], 0)
+    # A disabled field ("" or no kv alternatives) is not required.
+    names = names_from_config("vllm", {"running": "", "kv_usage": []})
+    assert parse_metrics("vllm:num_requests_waiting 2\n", names, 0).waiting == 2
+    # Present with a non-finite value: present (reads as 0), not missing.
+    assert parse_metrics(IDLE.replace(" 0\n", " NaN\n"), VLLM, 0) == EndpointMetrics()
+
+
+@settings(max_examples=200, deadline=None)
+@given(garbage=st.binary(max_size=2048))
+def test_garbage_never_reads_as_an_idle_pod(garbage: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_metrics(garbage.decode("utf-8", "replace"), VLLM, 0)
 
 
 def test_gpu_cache_usage_fallback_and_precedence() -> None:
     old = 'vllm:gpu_cache_usage_perc{model_name="m"} 0.5\nvllm:num_requests_waiting 4\n'
+    old += "vllm:num_requests_running 1\n"
     got = parse_metrics(old, VLLM, 1.0)
     assert (got.kv_usage, got.waiting) == (0.5, 4)
     both = old + 'vllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
@@ -152,7 +220,8 @@ def test_special_values() -> None:
 
 
 def test_first_line_and_no_trailing_newline() -> None:
-    got = parse_metrics("vllm:num_requests_waiting 3\nvllm:num_requests_running 2", VLLM, 0)
+    text = "vllm:num_requests_waiting 3\nvllm:kv_cache_usage_perc 0\nvllm:num_requests_running 2"
+    got = parse_metrics(text, VLLM, 0)
     assert (got.waiting, got.running) == (3, 2)
 
 
@@ -162,6 +231,7 @@ def test_data_parallel_series_are_summed_and_averaged() -> None:
         'vllm:num_requests_waiting{engine="1"} 2\n'
         'vllm:kv_cache_usage_perc{engine="0"} 0.2\n'
         'vllm:kv_cache_usage_perc{engine="1"} 0.4\n'
+        'vllm:num_requests_running{engine="0"} 1\n'
     )
     got = parse_metrics(text, VLLM, 5.0)
     assert got == reference(text, VLLM)
@@ -174,7 +244,7 @@ def test_malformed_wanted_line_raises() -> None:
     with pytest.raises(ValueError):
         parse_metrics("vllm:num_requests_waiting notanumber\n", VLLM, 0)
     # Malformed lines of other families are never read.
-    assert parse_metrics('other{a="x} 1\nvllm:num_requests_waiting 1\n', VLLM, 0).waiting == 1
+    assert parse_metrics('other{a="x} 1\n' + IDLE.replace(" 0\n", " 1\n", 1), VLLM, 0).waiting == 1
 
 
 SGLANG_TEXT = """\
@@ -223,7 +293,7 @@ def test_lora_single_series_and_empty() -> None:
         'vllm:lora_requests_info{max_lora="1",running_lora_adapters="",'
         'waiting_lora_adapters=""} 1.7e9\n'
     )
-    got = parse_metrics(text, VLLM, 0)
+    got = parse_metrics(text + IDLE, VLLM, 0)
     assert (got.running_adapters, got.waiting_adapters, got.max_lora) == (
         frozenset(),
         frozenset(),
@@ -265,5 +335,6 @@ def test_arbitrary_label_values_agree_with_prometheus_client(
     text = (
         f"vllm:num_requests_waiting{{{labels}}} {waiting}\n"
         f'vllm:lora_requests_info{{{labels},running_lora_adapters="{adapters}"}} 1\n'
+        f"vllm:num_requests_running{{{labels}}} 1\nvllm:gpu_cache_usage_perc{{{labels}}} 0.5\n"
     )
     assert parse_metrics(text, VLLM, 5.0) == reference(text, VLLM)

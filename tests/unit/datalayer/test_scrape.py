@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from picker.datalayer.datastore import Datastore, Endpoint, EndpointMetrics, Pool
-from picker.datalayer.metrics_text import MetricNames
 from picker.datalayer.http import HTTPConnection, ScrapeError
-from picker.datalayer.scrape import Scraper
+from picker.datalayer.metrics_text import MetricNames
+from picker.datalayer.scrape import Scraper, _Target
 from picker.observability import Metrics
 from tests import FIXTURES
 
@@ -34,7 +35,7 @@ def page(waiting: int, running: int = 0, kv: float = 0.0) -> str:
 class MetricsServer:
     """A raw asyncio HTTP/1.1 server: keep-alive, optional chunking, can hang or fail."""
 
-    def __init__(self, body: str = "", *, chunked: bool = False, port: int = 0) -> None:
+    def __init__(self, body: str | bytes = "", *, chunked: bool = False, port: int = 0) -> None:
         self.body = body
         self.chunked = chunked
         self.status = 200
@@ -76,7 +77,7 @@ class MetricsServer:
                 self.heads.append(head)
                 if self.hang:
                     await asyncio.sleep(3600)
-                body = self.body.encode()
+                body = self.body if isinstance(self.body, bytes) else self.body.encode()
                 status = f"HTTP/1.1 {self.status} X\r\nContent-Type: text/plain\r\n".encode()
                 extra = b"Connection: close\r\n" if self.close_after_response else b""
                 if self.chunked:
@@ -352,7 +353,7 @@ async def test_sync_adds_and_removes_endpoints(server: MetricsServer) -> None:
 
 
 async def test_names_for_mapping_and_callable(server: MetricsServer) -> None:
-    server.body = "custom_queue 5\nvllm:num_requests_waiting 1\n"
+    server.body = "custom_queue 5\nvllm:num_requests_waiting 1\ncustom_running 0\n"
     names = MetricNames(waiting="custom_queue", running="custom_running", kv_usage=())
     for names_for in ({"vllm": names}, lambda pool: names):
         store = make_store(server.address)
@@ -372,3 +373,40 @@ async def test_bad_page_counts_as_failure(server: MetricsServer) -> None:
         assert ep.metrics == EndpointMetrics()
         server.body = page(4)
         await until(lambda: ep.healthy and ep.metrics.waiting == 4)
+
+
+UNRELATED = "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 4.2\n"
+HTML = "<!DOCTYPE html><html><body><h1>Welcome to nginx!</h1></body></html>\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [random.Random(7).randbytes(3000), HTML, UNRELATED, ""],
+    ids=["random-bytes", "html", "unrelated-metrics", "empty"],
+)
+async def test_unusable_page_is_a_failed_scrape(server: MetricsServer, body: str | bytes) -> None:
+    """Driven one scrape at a time: counts are exact, no timing involved."""
+    store = make_store(server.address)
+    ep = store.endpoints()[0]
+    metrics = Metrics()
+    sc = Scraper(store, metrics, max_failures=3)
+    conn = HTTPConnection("127.0.0.1", server.port, "/metrics")
+    t = _Target(ep, sc._names(store.pools[0]), conn, time.monotonic())
+    t.gauges = sc._gauge_children(ep)
+    pod = {"name": "p", "model_server_pod": server.address}
+    try:
+        assert await sc._scrape_once(t) and ep.healthy and ep.metrics.waiting == 3
+        server.body = body
+        for n in (1, 2, 3):
+            assert not await sc._scrape_once(t)
+            assert ep.scrape_failures == n
+            assert metrics.registry.get_sample_value("picker_scrape_errors_total", pod) == n
+            assert ep.healthy == (n < 3)  # unready at max_failures in a row, not before
+        assert ep.metrics.waiting == 3  # the last good snapshot is kept, not zeroed
+        assert "not a usable metrics page" in t.last_error or "utf-8" in t.last_error
+        server.body = FIXTURE  # a real vLLM page: ready again at once
+        assert await sc._scrape_once(t)
+        assert ep.healthy and ep.scrape_failures == 0
+        assert (ep.metrics.waiting, ep.metrics.block_size) == (0, 128)
+    finally:
+        conn.close()
