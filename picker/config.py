@@ -71,6 +71,19 @@ class FlowControlConfig:
 
 
 @dataclass
+class TransportConfig:
+    """Limits of the native gRPC server (see SECURITY.md)."""
+
+    max_concurrent_streams: int = 1000  # per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
+    max_header_bytes: int = 64 * 1024  # one header block, CONTINUATION frames included
+    resets_per_second: float = 200.0  # client stream resets per connection, sustained
+    resets_burst: float = 1000.0  # ... and in a burst; past them: GOAWAY
+    handshake_timeout: float = 10.0  # seconds to complete the HTTP/2 preface
+    idle_timeout: float = 300.0  # a connection without streams this long is closed
+    max_connections: int = 1024
+
+
+@dataclass
 class Config:
     pools: list[PoolConfig] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None  # see picker.scheduling.profile
@@ -84,6 +97,7 @@ class Config:
     # Prompt characters per token, for the token estimate of a prompt given as text.
     chars_per_token: float = 4.0
     scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
+    transport_limits: TransportConfig = field(default_factory=TransportConfig)
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     flow_control: FlowControlConfig = field(default_factory=FlowControlConfig)
     # model ID or adapter name → default criticality (overridden by the request header)
@@ -151,6 +165,10 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
         cfg.scheduler = dict(data.pop("scheduler") or {})
     if "scrape" in data:
         cfg.scrape = _dataclass_from(ScrapeConfig, dict(data.pop("scrape")), "scrape")
+    if "transport_limits" in data:
+        cfg.transport_limits = _dataclass_from(
+            TransportConfig, dict(data.pop("transport_limits")), "transport_limits"
+        )
     if "saturation" in data:
         cfg.saturation = _dataclass_from(
             SaturationConfig, dict(data.pop("saturation")), "saturation"

@@ -24,7 +24,8 @@ from picker.scheduling.framework import Handle
 from picker.scheduling.profile import Profile, build_profile
 from picker.scheduling.registry import Registry
 from picker.transport.grpcio import GrpcioServer
-from picker.transport.h2 import serve
+from picker.transport.h2 import NativeServer, Timeouts
+from picker.transport.h2core import Limits
 from picker.transport.health import HealthStatus
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class PickerServer:
         self.service = ExtProcService(self.director)
         self.health_status = HealthStatus()
         self.grpcio: GrpcioServer | None = None
-        self.native_server: asyncio.Server | None = None
+        self.native: NativeServer | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._http: Any = None
@@ -56,10 +57,10 @@ class PickerServer:
     async def start(self) -> None:
         cfg = self.config
         if cfg.transport == "native":
-            self.native_server = await serve(
-                self.service, self.health_status, cfg.grpc_host, cfg.grpc_port
+            self.native = NativeServer(
+                self.service, self.health_status, self._limits(), self._timeouts()
             )
-            self.grpc_port = self.native_server.sockets[0].getsockname()[1]
+            self.grpc_port = await self.native.start(cfg.grpc_host, cfg.grpc_port)
         elif cfg.transport == "grpcio":
             self.grpcio = GrpcioServer(self.service, self.health_status)
             self.grpc_port = await self.grpcio.start(
@@ -89,6 +90,20 @@ class PickerServer:
             len(self.datastore.by_address),
         )
 
+    def _limits(self) -> Limits:
+        t = self.config.transport_limits
+        return Limits(
+            max_concurrent_streams=t.max_concurrent_streams,
+            max_header_block=t.max_header_bytes,
+            max_message=self.config.max_body_bytes + (1 << 20),
+            reset_rate=t.resets_per_second,
+            reset_burst=t.resets_burst,
+        )
+
+    def _timeouts(self) -> Timeouts:
+        t = self.config.transport_limits
+        return Timeouts(t.handshake_timeout, t.idle_timeout, t.max_connections)
+
     async def _become_ready(self) -> None:
         if self.scraper is not None:
             await self.scraper.first_scrape_done.wait()
@@ -107,8 +122,8 @@ class PickerServer:
         await self.profile.stop()
         if self.grpcio is not None:
             await self.grpcio.stop(grace)
-        if self.native_server is not None:
-            self.native_server.close()
+        if self.native is not None:
+            self.native.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

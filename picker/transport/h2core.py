@@ -1,0 +1,466 @@
+"""A sans-IO HTTP/2 (RFC 9113) server connection carrying gRPC, with resource limits.
+
+``GrpcConnection`` takes bytes (``receive``), calls a ``StreamHandler`` per stream with
+whole gRPC messages, and queues the bytes to send (``data_to_send``). It does no I/O and
+never raises on input: anything malformed ends in RST_STREAM (a stream error) or GOAWAY
+(a connection error) and ``closed``. So it can be driven by an asyncio Protocol
+(``picker.transport.h2``) or by a fuzzer with no socket.
+
+Limits (``Limits``), as hardened HTTP/2 servers have them:
+
+* header blocks, across CONTINUATION frames, are bounded (``max_header_block``);
+* a gRPC message longer than ``max_message`` is refused (grpc-status 8) and its bytes
+  dropped; receive windows are refilled only as data is buffered within those bounds, and
+  the connection stops granting credit while ``max_buffered`` bytes of incomplete
+  messages are held;
+* ``SETTINGS_MAX_CONCURRENT_STREAMS`` is advertised and enforced (REFUSED_STREAM);
+* stream resets by the client, and control frames that make us answer (PING, SETTINGS)
+  or cost work without progress (empty DATA/HEADERS), are rate limited per connection
+  (token buckets); past the limit: GOAWAY(ENHANCE_YOUR_CALM);
+* output waiting for the peer's flow-control window is bounded per stream and per
+  connection (``max_pending_stream``, ``max_pending``): past them the stream is reset or
+  the connection closed.
+
+Deliberately minimal: no server push, no priority, no gRPC compression. Header blocks are
+decoded with ``hpack`` (the dynamic table must stay in sync); a block of only indexed
+fields (what Envoy sends for every stream after its first) is memoised.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hpack
+
+from picker.transport.frames import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    U32,
+    WINDOW_UPDATE,
+    frame,
+)
+from picker.transport.h2output import ConnectionState, OpenStream
+from picker.transport.h2state import (
+    COMPRESSION_ERROR,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GRPC_INTERNAL,
+    GRPC_RESOURCE_EXHAUSTED,
+    GRPC_UNIMPLEMENTED,
+    INTERNAL_ERROR,
+    MAX_FRAME,
+    MIN_FRAME,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    S_ENABLE_PUSH,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_FRAME_SIZE,
+    STREAM_CLOSED,
+    Limits,
+    ProtocolError,
+    Stream,
+    StreamHandler,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GrpcConnection", "Limits", "OpenStream", "StreamHandler"]
+
+
+class GrpcConnection(ConnectionState):
+    """The server side of one HTTP/2 connection; see the module doc."""
+
+    def receive(self, data: bytes) -> None:
+        """Processes bytes from the peer. Never raises; see ``closed``/``error``."""
+        if self.closed:
+            return
+        try:
+            self._receive(data)
+        except ProtocolError as e:
+            self._connection_error(e.code, str(e))
+        except Exception as e:  # a bug must cost this connection, never the server
+            log.exception("HTTP/2 connection failed")
+            self._connection_error(INTERNAL_ERROR, f"internal error: {type(e).__name__}")
+
+    def _receive(self, data: bytes) -> None:
+        buf = self._buf
+        if buf:
+            buf += data
+            view = memoryview(buf)
+        else:
+            view = memoryview(data)
+        n = len(view)
+        pos = 0
+        if not self._preface:
+            m = min(n, len(PREFACE))
+            if view[:m] != PREFACE[:m]:
+                raise ProtocolError(PROTOCOL_ERROR, "bad connection preface")
+            if m < len(PREFACE):
+                self._keep(view, 0)
+                return
+            self._preface = True
+            pos = len(PREFACE)
+        max_frame = self.limits.max_frame
+        try:
+            while n - pos >= 9 and not self.closed:
+                length = (view[pos] << 16) | (view[pos + 1] << 8) | view[pos + 2]
+                if length > max_frame:
+                    raise ProtocolError(
+                        FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE"
+                    )
+                end = pos + 9 + length
+                if end > n:
+                    break
+                ftype = view[pos + 3]
+                flags = view[pos + 4]
+                sid = U32.unpack_from(view, pos + 5)[0] & 0x7FFFFFFF
+                self._frame(ftype, flags, sid, view[pos + 9 : end])
+                pos = end
+        except BaseException:
+            self._buf = bytearray()  # the connection is closing; views may still be alive
+            raise
+        self._keep(view, pos)
+        if self._recv_owed >= self.limits.conn_window // 4:
+            self._grant_connection()
+
+    def _keep(self, view: memoryview, pos: int) -> None:
+        """Keeps the unprocessed tail ``view[pos:]`` for the next ``receive``."""
+        rest = view[pos:]
+        if view.obj is self._buf:
+            view.release()
+            rest.release()
+            del self._buf[:pos]
+        else:
+            self._buf[:] = rest
+            rest.release()
+            view.release()
+
+    def _frame(self, ftype: int, flags: int, sid: int, payload: memoryview) -> None:
+        if self._cont is not None and ftype != CONTINUATION:
+            raise ProtocolError(PROTOCOL_ERROR, "expected CONTINUATION")
+        if ftype == DATA:
+            self._on_data(flags, sid, payload)
+        elif ftype == HEADERS:
+            self._on_headers(flags, sid, payload)
+        elif ftype == CONTINUATION:
+            self._on_continuation(flags, sid, payload)
+        elif ftype == SETTINGS:
+            self._on_settings(flags, sid, payload)
+        elif ftype == WINDOW_UPDATE:
+            self._on_window_update(sid, payload)
+        elif ftype == PING:
+            if len(payload) != 8:
+                raise ProtocolError(FRAME_SIZE_ERROR, "PING payload must be 8 bytes")
+            if sid:
+                raise ProtocolError(PROTOCOL_ERROR, "PING on a stream")
+            if not flags & ACK:
+                self._calm("PING flood")
+                self._out.append(frame(PING, ACK, 0, bytes(payload)))
+        elif ftype == RST_STREAM:
+            self._on_rst_stream(sid, payload)
+        elif ftype == PRIORITY:
+            if len(payload) != 5:
+                raise ProtocolError(FRAME_SIZE_ERROR, "PRIORITY payload must be 5 bytes")
+            if not sid:
+                raise ProtocolError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            self._calm("PRIORITY flood")
+        elif ftype == GOAWAY:
+            if len(payload) < 8 or sid:
+                raise ProtocolError(FRAME_SIZE_ERROR if sid == 0 else PROTOCOL_ERROR, "bad GOAWAY")
+            self.draining = True  # the client opens no more streams; open ones finish
+        elif ftype == PUSH_PROMISE:
+            raise ProtocolError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+        else:
+            self._calm("unknown frames")  # ignored, as RFC 9113 says, but not for free
+
+    def _calm(self, what: str) -> None:
+        if not self._control.take():
+            raise ProtocolError(ENHANCE_YOUR_CALM, what)
+
+    def _strip_padding(self, flags: int, payload: memoryview, extra: int = 0) -> memoryview:
+        start, end = 0, len(payload)
+        if flags & PADDED:
+            if end < 1:
+                raise ProtocolError(PROTOCOL_ERROR, "PADDED frame without pad length")
+            start = 1
+            end -= payload[0]
+        start += extra
+        if end < start:
+            raise ProtocolError(PROTOCOL_ERROR, "padding longer than the frame")
+        return payload[start:end]
+
+    def _on_headers(self, flags: int, sid: int, payload: memoryview) -> None:
+        if not sid:
+            raise ProtocolError(PROTOCOL_ERROR, "HEADERS on stream 0")
+        block = self._strip_padding(flags, payload, 5 if flags & PRIORITY_FLAG else 0)
+        if len(block) > self.limits.max_header_block:
+            raise ProtocolError(ENHANCE_YOUR_CALM, "header block over limit")
+        if not flags & END_HEADERS:
+            self._cont = (sid, flags, bytearray(block))
+            return
+        if not block and not flags & END_STREAM:
+            self._calm("empty HEADERS")
+        self._on_header_block(sid, flags, bytes(block))
+
+    def _on_continuation(self, flags: int, sid: int, payload: memoryview) -> None:
+        cont = self._cont
+        if cont is None or cont[0] != sid:
+            raise ProtocolError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+        block = cont[2]
+        if len(block) + len(payload) > self.limits.max_header_block:
+            raise ProtocolError(ENHANCE_YOUR_CALM, "header block over limit (CONTINUATION)")
+        if not payload and not flags & END_HEADERS:
+            self._calm("empty CONTINUATION")
+        block += payload
+        if flags & END_HEADERS:
+            self._cont = None
+            self._on_header_block(sid, cont[1], bytes(block))
+
+    def _decode_path(self, block: bytes) -> str:
+        memo = self._memo
+        path = memo.get(block)
+        if path is not None:
+            return path
+        try:
+            headers = self._decoder.decode(block, raw=True)
+        except hpack.HPACKError as e:
+            raise ProtocolError(COMPRESSION_ERROR, f"HPACK: {e}") from None
+        except Exception as e:  # hpack's own parsing errors on malformed integers
+            raise ProtocolError(COMPRESSION_ERROR, f"HPACK: {type(e).__name__}") from None
+        path = ""
+        for k, v in headers:
+            if k == b":path":
+                path = bytes(v).decode("latin-1")
+                break
+        if all(b & 0x80 for b in block):
+            # Only indexed fields: decoding did not touch the dynamic table, so the same
+            # bytes mean the same headers until a block that does change it arrives.
+            if len(memo) < 64:
+                memo[block] = path
+        else:
+            memo.clear()
+        return path
+
+    def _on_header_block(self, sid: int, flags: int, block: bytes) -> None:
+        path = self._decode_path(block)  # always: keeps the HPACK table in sync
+        st = self.streams.get(sid)
+        if st is not None:  # trailers: they must end the client's side
+            if not flags & END_STREAM:
+                raise ProtocolError(PROTOCOL_ERROR, "second HEADERS without END_STREAM")
+            self._remote_end(st)
+            return
+        if sid <= self.last_sid:
+            if sid % 2 == 0:
+                raise ProtocolError(PROTOCOL_ERROR, "even stream id from a client")
+            return  # a stream we already closed (e.g. trailers after our reset)
+        if sid % 2 == 0:
+            raise ProtocolError(PROTOCOL_ERROR, "even stream id from a client")
+        self.last_sid = sid
+        if self.draining:
+            self._out.append(frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM)))
+            return
+        if len(self.streams) >= self.limits.max_concurrent_streams:
+            self._out.append(frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM)))
+            if not self._resets.take():
+                raise ProtocolError(
+                    ENHANCE_YOUR_CALM, "streams over SETTINGS_MAX_CONCURRENT_STREAMS"
+                )
+            return
+        st = Stream(sid, self.peer_initial_window, self.limits.stream_window)
+        self.streams[sid] = st
+        handler = self._open_stream(sid, path)
+        if handler is None:
+            self.finish(sid, GRPC_UNIMPLEMENTED, f"unknown method {path[:64]}")
+            return
+        st.handler = handler
+        if flags & END_STREAM:
+            self._remote_end(st)
+
+    def _on_data(self, flags: int, sid: int, payload: memoryview) -> None:
+        if not sid:
+            raise ProtocolError(PROTOCOL_ERROR, "DATA on stream 0")
+        n = len(payload)  # flow control counts padding too
+        if n > self.conn_recv_window:
+            raise ProtocolError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        self.conn_recv_window -= n
+        self._recv_owed += n
+        data = self._strip_padding(flags, payload)
+        if not n and not flags & END_STREAM:
+            self._calm("empty DATA")
+        st = self.streams.get(sid)
+        if st is None:
+            if sid > self.last_sid:
+                raise ProtocolError(PROTOCOL_ERROR, "DATA on an idle stream")
+            return  # closed by us: credit given back, bytes dropped
+        if st.remote_closed:
+            self._reset(st, STREAM_CLOSED, "DATA after END_STREAM")
+            return
+        if n > st.recv_window:
+            self._reset(st, FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+            return
+        st.recv_window -= n
+        if not st.discard and data:
+            self._on_bytes(st, data)
+        if self.streams.get(sid) is st:
+            self._grant_stream(st)
+            if flags & END_STREAM:
+                self._remote_end(st)
+
+    def _on_bytes(self, st: Stream, data: memoryview) -> None:
+        """Hands every complete gRPC message to the handler; keeps an incomplete tail.
+
+        Messages that arrive whole in one DATA frame (the common case) are copied once,
+        straight out of the frame; only a partial message is buffered on the stream.
+        """
+        buf: bytearray | memoryview
+        if st.buf:
+            st.buf += data
+            buf = st.buf
+        else:
+            buf = data
+        off = 0
+        n = len(buf)
+        max_message = self.limits.max_message
+        while n - off >= 5:
+            if buf[off]:
+                self._abort(st, GRPC_UNIMPLEMENTED, "compressed messages are not supported")
+                return
+            mlen = U32.unpack_from(buf, off + 1)[0]
+            if mlen > max_message:
+                self._abort(st, GRPC_RESOURCE_EXHAUSTED, f"message over {max_message} bytes")
+                return
+            if n - off - 5 < mlen:
+                break
+            msg = bytes(buf[off + 5 : off + 5 + mlen])
+            off += 5 + mlen
+            h = st.handler
+            if h is None:
+                return
+            try:
+                h.on_message(msg)
+            except Exception:
+                log.exception("stream handler failed")
+                self._abort(st, GRPC_INTERNAL, "internal error")
+                return
+            if st.discard:  # the handler finished the stream
+                return
+        if buf is st.buf:
+            if off:
+                del st.buf[:off]
+        elif off < n:
+            st.buf = bytearray(buf[off:])
+        self.buffered += len(st.buf) - st.counted
+        st.counted = len(st.buf)
+        if self.buffered > self.limits.max_buffered:
+            self._abort(st, GRPC_RESOURCE_EXHAUSTED, "too much incomplete data buffered")
+
+    def _grant_stream(self, st: Stream) -> None:
+        """Gives the stream credit back for what it consumed, within the message bound."""
+        if st.discard:
+            return
+        lim = self.limits
+        used = lim.stream_window - st.recv_window
+        if used >= lim.stream_window // 2:  # st.buf < max_message + 5: larger ones abort
+            st.recv_window += used
+            self._out.append(frame(WINDOW_UPDATE, 0, st.sid, U32.pack(used)))
+
+    def _grant_connection(self) -> None:
+        if self.buffered > self.limits.max_buffered:
+            return  # held until incomplete messages are consumed or dropped
+        owed = self._recv_owed
+        self._recv_owed = 0
+        self.conn_recv_window += owed
+        self._out.append(frame(WINDOW_UPDATE, 0, 0, U32.pack(owed)))
+
+    def _on_settings(self, flags: int, sid: int, payload: memoryview) -> None:
+        if sid:
+            raise ProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            if payload:
+                raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            self.settings_acked = True
+            return
+        if len(payload) % 6:
+            raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
+        self._calm("SETTINGS flood")
+        for off in range(0, len(payload), 6):
+            ident = (payload[off] << 8) | payload[off + 1]
+            value = U32.unpack_from(payload, off + 2)[0]
+            if ident == S_INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ProtocolError(
+                        FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large"
+                    )
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for st in self.streams.values():
+                    st.send_window += delta
+                    if st.send_window > MAX_WINDOW:
+                        raise ProtocolError(FLOW_CONTROL_ERROR, "stream window overflow")
+            elif ident == S_MAX_FRAME_SIZE:
+                if not MIN_FRAME <= value <= MAX_FRAME:
+                    raise ProtocolError(PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
+                self.peer_max_frame = value
+            elif ident == S_ENABLE_PUSH and value > 1:
+                raise ProtocolError(PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
+        self._out.append(frame(SETTINGS, ACK, 0))
+        for st in list(self.streams.values()):
+            if st.pending:
+                self._flush(st)
+
+    def _on_window_update(self, sid: int, payload: memoryview) -> None:
+        if len(payload) != 4:
+            raise ProtocolError(FRAME_SIZE_ERROR, "WINDOW_UPDATE payload must be 4 bytes")
+        inc = U32.unpack_from(payload)[0] & 0x7FFFFFFF
+        if sid == 0:
+            if inc == 0:
+                raise ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self.conn_send_window += inc
+            if self.conn_send_window > MAX_WINDOW:
+                raise ProtocolError(FLOW_CONTROL_ERROR, "connection window overflow")
+            for blocked in list(self.streams.values()):
+                if blocked.pending:
+                    self._flush(blocked)
+                if self.conn_send_window <= 0:
+                    break
+            return
+        st = self.streams.get(sid)
+        if st is None:
+            if sid > self.last_sid:
+                raise ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+            return
+        if inc == 0:
+            self._reset(st, PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            return
+        st.send_window += inc
+        if st.send_window > MAX_WINDOW:
+            self._reset(st, FLOW_CONTROL_ERROR, "stream window overflow")
+            return
+        if st.pending:
+            self._flush(st)
+
+    def _on_rst_stream(self, sid: int, payload: memoryview) -> None:
+        if len(payload) != 4:
+            raise ProtocolError(FRAME_SIZE_ERROR, "RST_STREAM payload must be 4 bytes")
+        if not sid or sid > self.last_sid:
+            raise ProtocolError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        if not self._resets.take():
+            raise ProtocolError(ENHANCE_YOUR_CALM, "too many stream resets")
+        st = self.streams.get(sid)
+        if st is not None:
+            self._drop(st)
