@@ -92,10 +92,14 @@ class PickerServer:
 
     def _limits(self) -> Limits:
         t = self.config.transport_limits
+        max_message = self.config.max_body_bytes + (1 << 20)  # a body plus its envelope
         return Limits(
             max_concurrent_streams=t.max_concurrent_streams,
             max_header_block=t.max_header_bytes,
-            max_message=self.config.max_body_bytes + (1 << 20),
+            max_message=max_message,
+            max_buffered=4 * max_message,
+            max_pending_stream=max(1 << 22, 2 * max_message),
+            max_pending=4 * max(1 << 22, 2 * max_message),
             reset_rate=t.resets_per_second,
             reset_burst=t.resets_burst,
         )

@@ -203,7 +203,10 @@ class H2GrpcProtocol(asyncio.Protocol):
         if data:
             t.write(data)
         if self.conn.closed:
+            # GOAWAY is queued; a peer that does not read would keep the socket open
+            # forever waiting for the flush, so abort after a grace period.
             t.close()
+            asyncio.get_running_loop().call_later(2.0, t.abort)
 
     def _check_handshake(self) -> None:
         if self.transport is None or self.transport.is_closing():
