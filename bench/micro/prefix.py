@@ -38,7 +38,9 @@ def main() -> None:
         for _ in range(n):
             req = InferenceRequest(model="m", prompt=text)
             t0 = time.perf_counter()
-            hashes = block_hashes(text, scorer.block_chars, scorer.max_blocks)
+            hashes = block_hashes(
+                text, scorer.block_chars, scorer.max_blocks, scorer.fine_blocks, scorer.coarse_chars
+            )
             t1 = time.perf_counter()
             scorer.produce(req, pods)  # hashes again, then matches: match = t2 - t1 - hash
             scorer.score(req, pods)

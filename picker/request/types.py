@@ -30,12 +30,16 @@ class PrefixMatch:
     """How many leading blocks of a request's prompt each candidate pod holds.
 
     ``hashes`` is the request's block chain, ``matched`` the leading blocks held per
-    address (absent means none), ``block_tokens`` the (estimated) tokens per block.
+    address (absent means none), ``block_tokens`` the (estimated) tokens per block; when
+    ``fine_blocks`` is set, blocks after the first ``fine_blocks`` hold
+    ``coarse_tokens`` each.
     """
 
     hashes: list[int]
     matched: dict[str, int] = field(default_factory=dict)
     block_tokens: float = 0.0
+    fine_blocks: int = 0
+    coarse_tokens: float = 0.0
 
     @property
     def blocks(self) -> int:
@@ -47,7 +51,11 @@ class PrefixMatch:
         return self.matched.get(address, 0) / n if n else 0.0
 
     def cached_tokens(self, address: str) -> int:
-        return int(self.matched.get(address, 0) * self.block_tokens)
+        k = self.matched.get(address, 0)
+        fine = self.fine_blocks
+        if not fine or k <= fine:
+            return int(k * self.block_tokens)
+        return int(fine * self.block_tokens + (k - fine) * self.coarse_tokens)
 
 
 @dataclass(slots=True)

@@ -1,15 +1,19 @@
 """Approximate prefix-cache affinity: which pod was recently sent which prompt prefix.
 
-No tokenizer: the prompt text (UTF-8) is cut into fixed-size chunks of ``block_chars``
-bytes and hashed as a chain, each hash seeded with the previous one, so block *i*'s hash
-stands for all text up to the end of block *i* — the same idea as vLLM's chained KV block
-hashes. Each pod has an LRU of the block hashes it was sent; a global map from hash to
-pods makes a lookup cost O(matched blocks), not O(pods * blocks).
+No tokenizer: the prompt text (UTF-8) is cut into chunks and hashed as a chain, each hash
+seeded with the previous one, so block *i*'s hash stands for all text up to the end of
+block *i*, the same idea as vLLM's chained KV block hashes. The first ``fine_blocks``
+blocks are ``block_chars`` bytes each; after them blocks are ``coarse_chars`` bytes, so a
+220 KB prompt costs ~350 blocks, not 1,700, while short prompts keep fine resolution.
+Block boundaries depend only on the position, so prompts sharing a prefix share its
+blocks. Each pod has an LRU of the block hashes it was sent; a global map from hash to
+pods answers "who holds this block".
 
-A request's blocks are touched from last to first, so the first blocks are the most
-recently used and eviction removes the tails of old prompts first (as vLLM frees a
-finished request's blocks tail-first); matching walks from the first block and stops at
-the first miss, so an evicted middle never counts.
+A request's blocks are touched from last to first, so a block is always at least as
+recent as every later block of its chain, and eviction removes the tails of old prompts
+first (as vLLM frees a finished request's blocks tail-first). So a pod that holds block
+*i* of a chain holds all blocks before it, and the matched length per pod is found by
+binary search: O(log blocks) lookups per pod instead of a walk over every block.
 
 The plugin is a data producer (it sets ``request.prefix``: the request's block chain and
 the leading blocks each candidate holds, which accounting turns into uncached tokens), a
@@ -34,21 +38,33 @@ from picker.scheduling.framework import DataProducer, Handle, Params, Scorer
 _HASH = xxhash.xxh3_64_intdigest
 
 
-def block_hashes(text: str, block_chars: int, max_blocks: int = 0) -> list[int]:
-    """Chained 64-bit hashes of the full ``block_chars``-byte blocks of ``text``.
+def block_hashes(
+    text: str,
+    block_chars: int,
+    max_blocks: int = 0,
+    fine_blocks: int = 0,
+    coarse_chars: int = 0,
+) -> list[int]:
+    """Chained 64-bit hashes of ``text``'s blocks: ``fine_blocks`` blocks of
+    ``block_chars`` bytes, then blocks of ``coarse_chars`` (all fine when either is 0).
 
     A trailing partial block is hashed too, so short prompts still match each other;
     its hash differs from the full block that a longer prompt has at that position.
     """
     data = text.encode("utf-8", "surrogatepass")
     n = len(data)
-    if max_blocks:
-        n = min(n, max_blocks * block_chars)
     out: list[int] = []
     h = 0
-    for start in range(0, n, block_chars):
+    fine_end = n if not fine_blocks or not coarse_chars else min(n, fine_blocks * block_chars)
+    for start in range(0, fine_end, block_chars):
         h = _HASH(data[start : start + block_chars], h)
         out.append(h)
+    if fine_end < n:
+        for start in range(fine_end, n, coarse_chars):
+            h = _HASH(data[start : start + coarse_chars], h)
+            out.append(h)
+    if max_blocks and len(out) > max_blocks:
+        del out[max_blocks:]
     return out
 
 
@@ -95,29 +111,45 @@ class PrefixIndex:
                     del where[old]
 
     def match(self, hashes: Sequence[int], addresses: Sequence[str]) -> dict[str, int]:
-        """Longest matched prefix, in blocks, per address (only addresses with a match)."""
-        matched = dict.fromkeys(addresses, 0)
+        """Longest matched prefix, in blocks, per address (only addresses with a match).
+
+        Binary search per pod that holds the first block: holding block *i* implies
+        holding every block before it (see the module doc).
+        """
+        if not hashes:
+            return {}
         where = self._where
-        for i, h in enumerate(hashes):
-            pods = where.get(h)
-            if not pods:
-                break
-            advanced = False
-            for a in pods:
-                if matched.get(a) == i:
-                    matched[a] = i + 1
-                    advanced = True
-            if not advanced:
-                break
-        return {a: m for a, m in matched.items() if m}
+        first = where.get(hashes[0])
+        if not first:
+            return {}
+        n = len(hashes)
+        last = where.get(hashes[-1]) or ()
+        out: dict[str, int] = {}
+        for a in addresses:
+            if a not in first:
+                continue
+            if a in last:
+                out[a] = n
+                continue
+            lo, hi = 1, n - 1  # block lo-1 is held; block hi (0-based) is the upper bound
+            while lo < hi:
+                mid = (lo + hi + 1) >> 1
+                pods = where.get(hashes[mid - 1])
+                if pods is not None and a in pods:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            out[a] = lo
+        return out
 
 
 class PrefixScorer(DataProducer, Scorer):
     """Score = fraction of the request's prompt blocks the pod is believed to hold.
 
-    Parameters: ``block_chars`` (128), ``capacity_blocks`` (65536, per pod, until the
-    pod's scraped KV-cache size says how many blocks it holds), ``max_blocks`` (2048
-    blocks hashed per prompt), ``balance_abs`` (8), ``balance_rel`` (1.5).
+    Parameters: ``block_chars`` (128) for the first ``fine_blocks`` (256) blocks, then
+    ``coarse_chars`` (2048); ``capacity_blocks`` (65536, per pod, until the pod's scraped
+    KV-cache size says how many blocks it holds), ``max_blocks`` (2048 blocks hashed per
+    prompt), ``balance_abs`` (8), ``balance_rel`` (1.5).
     """
 
     type = "prefix"
@@ -128,23 +160,35 @@ class PrefixScorer(DataProducer, Scorer):
         super().__init__(name)
         p = params or Params()
         self.block_chars = p.integer("block_chars", 128)
+        self.fine_blocks = p.integer("fine_blocks", 256)
+        self.coarse_chars = p.integer("coarse_chars", 2048)
         capacity = p.integer("capacity_blocks", 65536)
         self.max_blocks = p.integer("max_blocks", 2048)
         self.balance_abs = p.integer("balance_abs", 8)
         self.balance_rel = p.number("balance_rel", 1.5)
-        if self.block_chars <= 0 or capacity <= 0 or self.max_blocks <= 0:
+        sizes = (self.block_chars, self.coarse_chars, capacity, self.max_blocks)
+        if min(sizes) <= 0 or self.fine_blocks < 0:
             raise ValueError(f"plugin {self.name!r}: sizes must be positive")
         self.chars_per_token = handle.chars_per_token if handle else 4.0
         self.block_tokens = self.block_chars / self.chars_per_token
+        self.coarse_tokens = self.coarse_chars / self.chars_per_token
         self.index = PrefixIndex(capacity)
 
     def produce(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         text = request.prompt
         if request.adapter:
             text = f"<lora:{request.adapter}>" + text
-        hashes = block_hashes(text, self.block_chars, self.max_blocks) if text else []
-        matched = self.index.match(hashes, [e.address for e in candidates]) if hashes else {}
-        request.prefix = PrefixMatch(hashes, matched, self.block_tokens)
+        hashes = (
+            block_hashes(
+                text, self.block_chars, self.max_blocks, self.fine_blocks, self.coarse_chars
+            )
+            if text
+            else []
+        )
+        matched = self.index.match(hashes, [e.address for e in candidates])
+        request.prefix = PrefixMatch(
+            hashes, matched, self.block_tokens, self.fine_blocks, self.coarse_tokens
+        )
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         match = request.prefix

@@ -52,11 +52,52 @@ def test_lru_evicts_tails_first_and_respects_capacity() -> None:
     assert idx.match(second, ["p"]) == {"p": 4}
 
 
-def test_match_stops_at_first_gap() -> None:
-    idx = PrefixIndex()
-    h = block_hashes("C" * (5 * B), B)
-    idx.add("p", [h[0], h[1], h[3], h[4]])
-    assert idx.match(h, ["p"]) == {"p": 2}
+def linear_match(idx: PrefixIndex, hashes: list[int], addresses: list[str]) -> dict[str, int]:
+    """The obvious walk over every block: what the binary search must agree with."""
+    out = {}
+    for a in addresses:
+        k = 0
+        while k < len(hashes) and a in idx._where.get(hashes[k], ()):
+            k += 1
+        if k:
+            out[a] = k
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    prompts=st.lists(
+        st.tuples(st.sampled_from(["p0", "p1", "p2"]), st.integers(0, 5), st.integers(1, 40)),
+        min_size=1,
+        max_size=40,
+    ),
+    capacity=st.integers(4, 60),
+)
+def test_binary_search_equals_a_linear_walk(
+    prompts: list[tuple[str, int, int]], capacity: int
+) -> None:
+    """Through adds of prompt chains (shared heads, different tails) and evictions."""
+    idx = PrefixIndex(capacity_blocks=capacity)
+    chains = [block_hashes("".join(f"{h}{i:03d}" * 4 for i in range(n)), B) for _, h, n in prompts]
+    for (pod, _, _), chain in zip(prompts, chains, strict=True):
+        idx.add(pod, chain)
+        for probe in chains:
+            pods = ["p0", "p1", "p2"]
+            assert idx.match(probe, pods) == linear_match(idx, probe, pods)
+
+
+def test_long_prompts_use_coarse_blocks() -> None:
+    scorer = _scorer(fine_blocks=4, coarse_chars=4 * B)
+    shared = "s" * (4 * B + 10 * 4 * B)  # 4 fine blocks + 10 coarse blocks
+    a, b = _req(shared + "tail a"), _req(shared + "tail b")
+    pod = Endpoint(address="10.0.0.1:80")
+    send(scorer, a, pod)
+    assert a.prefix is not None and a.prefix.blocks == 4 + 11
+    score(scorer, b, [pod])
+    assert b.prefix is not None and b.prefix.matched == {pod.address: 14}
+    b.prompt_tokens = len(b.prompt) // 4 + 1
+    # 4 blocks of B chars + 10 of 4*B chars, at 4 chars per token
+    assert b.cached_tokens(pod.address) == (4 * B + 10 * 4 * B) // 4
 
 
 def _req(prompt: str) -> InferenceRequest:
