@@ -5,6 +5,19 @@ ext_proc filter that calls picker, and an ``ORIGINAL_DST`` cluster that connects
 ``ip:port`` picker writes into ``x-gateway-destination-endpoint``. ``cluster_config`` is
 the plain-Service baseline: a static cluster of the pods with Envoy's own load balancer.
 The shipped ``deploy/envoy.yaml`` is ``picker_config`` rendered with default ports.
+
+Safe whether picker is up or down, fail-open or fail-closed (``docs/failure-modes.md``):
+
+* a ``header_mutation`` filter ahead of ext_proc removes any client-supplied
+  ``x-gateway-destination-endpoint`` (and ``-served``), so the ORIGINAL_DST cluster only
+  ever sees the header picker wrote: a client can never name the address Envoy connects
+  to, even when ext_proc fails open and picker never saw the request;
+* a request without picker's header has no destination (the listener does not restore
+  original destinations), so Envoy answers it itself: ``no_healthy_upstream``;
+* ``local_reply_config`` turns Envoy's own errors (ext_proc failed, no destination,
+  upstream connect failure/reset/timeout) into OpenAI-style JSON bodies. It matches
+  them by response code details or response flags, never by status alone, so picker's
+  ImmediateResponses (already JSON) and the model servers' responses pass unchanged.
 """
 
 from __future__ import annotations
@@ -14,12 +27,71 @@ from typing import Any
 import orjson
 
 BODY_MODES = ("NONE", "STREAMED", "BUFFERED", "BUFFERED_PARTIAL", "FULL_DUPLEX_STREAMED")
+DESTINATION = "x-gateway-destination-endpoint"
+SERVED = "x-gateway-destination-endpoint-served"
+# Flags of Envoy's own replies when the upstream could not be reached or answer in time.
+UPSTREAM_FAILURE_FLAGS = ["UF", "UC", "URX", "UO", "UT", "UR", "UMSDR"]
+
+
+def _openai_error(message: str, code: str) -> dict[str, Any]:
+    """A ``local_reply_config`` body: ``{"error": {message, type, param, code}}``."""
+    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    return {"json_format": {"error": error}}
+
+
+def strip_client_destination() -> dict[str, Any]:
+    """Removes client copies of the destination headers before ext_proc sees the request."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3."
+            "HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": DESTINATION}, {"remove": SERVED}]},
+        },
+    }
+
+
+def local_replies() -> dict[str, Any]:
+    """JSON bodies for Envoy's own errors; picker's and upstream bodies are left alone."""
+    picker_down = "The gateway's endpoint picker is unavailable; the request was not routed."
+    unrouted = "The gateway has no endpoint for this request: the endpoint picker did not route it."
+    return {
+        "mappers": [
+            {  # ext_proc failed (picker unreachable, reset, timed out) and did not fail open
+                "filter": {
+                    "extension_filter": {
+                        "name": "envoy.access_loggers.extension_filters.cel",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.access_loggers."
+                            "filters.cel.v3.ExpressionFilter",
+                            "expression": "response.code_details.startsWith('ext_proc_error')",
+                        },
+                    }
+                },
+                "status_code": 503,
+                "body_format_override": _openai_error(picker_down, "service_unavailable"),
+            },
+            {  # no destination header: ext_proc failed open, picker never routed it
+                "filter": {"response_flag_filter": {"flags": ["UH"]}},
+                "status_code": 503,
+                "body_format_override": _openai_error(unrouted, "service_unavailable"),
+            },
+            {  # the picked pod could not be reached or did not answer in time
+                "filter": {"response_flag_filter": {"flags": UPSTREAM_FAILURE_FLAGS}},
+                "body_format_override": _openai_error("%LOCAL_REPLY_BODY%", "upstream_error"),
+            },
+        ]
+    }
 
 
 def _listener(
-    port: int, http_filters: list[dict[str, Any]], cluster: str, host: str = "127.0.0.1"
+    port: int,
+    http_filters: list[dict[str, Any]],
+    cluster: str,
+    host: str = "127.0.0.1",
+    local_reply_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    listener: dict[str, Any] = {
         "name": "ingress",
         "address": {"socket_address": {"address": host, "port_value": port}},
         "filter_chains": [
@@ -63,6 +135,10 @@ def _listener(
             }
         ],
     }
+    if local_reply_config is not None:
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["local_reply_config"] = local_reply_config
+    return listener
 
 
 _BIG = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
@@ -139,6 +215,7 @@ def picker_config(
             "ExternalProcessor",
             "grpc_service": {"envoy_grpc": {"cluster_name": "picker"}, "timeout": "10s"},
             "failure_mode_allow": failure_mode_allow,
+            "status_on_error": {"code": 503},  # fail-closed: picker unreachable or failed
             "message_timeout": "1000s",
             "processing_mode": {
                 "request_header_mode": "SEND",
@@ -153,11 +230,11 @@ def picker_config(
             },
         },
     }
-    filters = [ext_proc]
+    filters = [strip_client_destination(), ext_proc]
     if subset_hint is not None:
         # Stand-in for a proxy that narrows the pool (the protocol's subset hint).
         filters.insert(
-            0,
+            1,
             {
                 "name": "envoy.filters.http.set_metadata",
                 "typed_config": {
@@ -176,7 +253,13 @@ def picker_config(
         "admin": _admin(admin_port),
         "static_resources": {
             "listeners": [
-                _listener(listen_port, filters, "original_destination_cluster", listen_host)
+                _listener(
+                    listen_port,
+                    filters,
+                    "original_destination_cluster",
+                    listen_host,
+                    local_replies(),
+                )
             ],
             "clusters": [
                 {
@@ -187,7 +270,7 @@ def picker_config(
                     "circuit_breakers": {"thresholds": [_BIG]},
                     "original_dst_lb_config": {
                         "use_http_header": True,
-                        "http_header_name": "x-gateway-destination-endpoint",
+                        "http_header_name": DESTINATION,
                     },
                 },
                 _static_cluster(
