@@ -39,7 +39,11 @@ def main() -> None:
             req = InferenceRequest(model="m", prompt=text)
             t0 = time.perf_counter()
             hashes = block_hashes(
-                text, scorer.block_chars, scorer.max_blocks, scorer.fine_blocks, scorer.coarse_chars
+                text,
+                scorer.block_chars,
+                scorer.max_blocks,
+                scorer.double_every,
+                scorer.max_block_chars,
             )
             t1 = time.perf_counter()
             scorer.produce(req, pods)  # hashes again, then matches: match = t2 - t1 - hash

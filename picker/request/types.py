@@ -13,6 +13,7 @@ Scorers, pickers and accounting read these fields; nothing writes them afterward
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -25,21 +26,22 @@ class Criticality(IntEnum):
     CRITICAL = 2
 
 
+def _no_tokens(blocks: int) -> float:
+    return 0.0
+
+
 @dataclass(slots=True)
 class PrefixMatch:
     """How many leading blocks of a request's prompt each candidate pod holds.
 
     ``hashes`` is the request's block chain, ``matched`` the leading blocks held per
-    address (absent means none), ``block_tokens`` the (estimated) tokens per block; when
-    ``fine_blocks`` is set, blocks after the first ``fine_blocks`` hold
-    ``coarse_tokens`` each.
+    address (absent means none), ``tokens_of(k)`` the (estimated) tokens in the first
+    ``k`` blocks.
     """
 
     hashes: list[int]
     matched: dict[str, int] = field(default_factory=dict)
-    block_tokens: float = 0.0
-    fine_blocks: int = 0
-    coarse_tokens: float = 0.0
+    tokens_of: Callable[[int], float] = _no_tokens
 
     @property
     def blocks(self) -> int:
@@ -52,10 +54,7 @@ class PrefixMatch:
 
     def cached_tokens(self, address: str) -> int:
         k = self.matched.get(address, 0)
-        fine = self.fine_blocks
-        if not fine or k <= fine:
-            return int(k * self.block_tokens)
-        return int(fine * self.block_tokens + (k - fine) * self.coarse_tokens)
+        return int(self.tokens_of(k)) if k else 0
 
 
 @dataclass(slots=True)

@@ -247,9 +247,10 @@ class GrpcConnection(ConnectionState):
             if k == b":path":
                 path = bytes(v).decode("latin-1")
                 break
-        if all(b & 0x80 for b in block):
-            # Only indexed fields: decoding did not touch the dynamic table, so the same
-            # bytes mean the same headers until a block that does change it arrives.
+        if _keeps_table(block):
+            # Decoding did not touch the dynamic table, so the same bytes mean the same
+            # headers until a block that does change it arrives. Envoy sends the same
+            # block for every ext_proc stream after its first few.
             if len(memo) < 64:
                 memo[block] = path
         else:
@@ -459,8 +460,70 @@ class GrpcConnection(ConnectionState):
             raise ProtocolError(FRAME_SIZE_ERROR, "RST_STREAM payload must be 4 bytes")
         if not sid or sid > self.last_sid:
             raise ProtocolError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-        if not self._resets.take():
-            raise ProtocolError(ENHANCE_YOUR_CALM, "too many stream resets")
         st = self.streams.get(sid)
-        if st is not None:
-            self._drop(st)
+        if st is None:
+            return
+        # Only a reset of a stream picker has not answered yet is work thrown away (the
+        # rapid-reset attack). Envoy resets every ext_proc stream once the response is
+        # done, after picker answered: that is not counted.
+        if not st.headers_sent and not self._resets.take():
+            raise ProtocolError(ENHANCE_YOUR_CALM, "too many stream resets")
+        self._drop(st)
+
+
+def _keeps_table(block: bytes) -> bool:
+    """True when decoding ``block`` leaves the HPACK dynamic table as it was: no literal
+    with incremental indexing, no table size update (RFC 7541 section 6). False also for
+    a malformed block (the full decoder reports it)."""
+    i, n = 0, len(block)
+    try:
+        while i < n:
+            b = block[i]
+            if b & 0x80:  # indexed field
+                i = _skip_int(block, i, 0x7F)
+            elif b & 0xC0 == 0x40 or b & 0xE0 == 0x20:
+                return False
+            else:  # literal without indexing / never indexed
+                if b & 0x0F == 0:  # new name: a string literal
+                    i += 1
+                    i = _skip_string(block, i)
+                else:
+                    i = _skip_int(block, i, 0x0F)
+                i = _skip_string(block, i)
+    except IndexError:
+        return False
+    return i == n
+
+
+def _skip_int(block: bytes, i: int, mask: int) -> int:
+    """Index after the HPACK integer starting at ``i`` (prefix ``mask``)."""
+    if block[i] & mask != mask:
+        return i + 1
+    i += 1
+    while block[i] & 0x80:
+        i += 1
+    return i + 1
+
+
+def _skip_string(block: bytes, i: int) -> int:
+    """Index after the HPACK string literal (length prefix, then bytes) at ``i``."""
+    length, start = _read_int(block, i, 0x7F)
+    end = start + length
+    if end > len(block):
+        raise IndexError("string past the block")
+    return end
+
+
+def _read_int(block: bytes, i: int, mask: int) -> tuple[int, int]:
+    value = block[i] & mask
+    i += 1
+    if value < mask:
+        return value, i
+    shift = 0
+    while True:
+        b = block[i]
+        i += 1
+        value += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80 or shift > 28:
+            return value, i

@@ -140,7 +140,10 @@ class PrecisePrefixScorer(DataProducer, Scorer):
             for a, m in zip(addresses, self.index.match(hashes, addresses), strict=True):
                 if m:
                     held[a] = m
-        request.kv_prefix = PrefixMatch(hashes, held, float(self.hasher.block_size))
+        request.kv_prefix = PrefixMatch(hashes, held, self._tokens_of)
+
+    def _tokens_of(self, blocks: int) -> float:
+        return float(blocks * self.hasher.block_size)
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         match = request.kv_prefix

@@ -2,12 +2,12 @@
 
 No tokenizer: the prompt text (UTF-8) is cut into chunks and hashed as a chain, each hash
 seeded with the previous one, so block *i*'s hash stands for all text up to the end of
-block *i*, the same idea as vLLM's chained KV block hashes. The first ``fine_blocks``
-blocks are ``block_chars`` bytes each; after them blocks are ``coarse_chars`` bytes, so a
-220 KB prompt costs ~350 blocks, not 1,700, while short prompts keep fine resolution.
-Block boundaries depend only on the position, so prompts sharing a prefix share its
-blocks. Each pod has an LRU of the block hashes it was sent; a global map from hash to
-pods answers "who holds this block".
+block *i*, the same idea as vLLM's chained KV block hashes. Blocks start at
+``block_chars`` bytes and double every ``double_every`` blocks (up to
+``max_block_chars``): the resolution stays a few percent of the prefix length, and a
+220 KB prompt costs ~190 blocks instead of 1,700. Block boundaries depend only on the
+position, so prompts sharing a prefix share its blocks. Each pod has an LRU of the block
+hashes it was sent; a global map from hash to pods answers "who holds this block".
 
 A request's blocks are touched from last to first, so a block is always at least as
 recent as every later block of its chain, and eviction removes the tails of old prompts
@@ -42,11 +42,11 @@ def block_hashes(
     text: str,
     block_chars: int,
     max_blocks: int = 0,
-    fine_blocks: int = 0,
-    coarse_chars: int = 0,
+    double_every: int = 0,
+    max_block_chars: int = 0,
 ) -> list[int]:
-    """Chained 64-bit hashes of ``text``'s blocks: ``fine_blocks`` blocks of
-    ``block_chars`` bytes, then blocks of ``coarse_chars`` (all fine when either is 0).
+    """Chained 64-bit hashes of ``text``'s blocks (sizes: see the module doc; all
+    ``block_chars`` when ``double_every`` is 0).
 
     A trailing partial block is hashed too, so short prompts still match each other;
     its hash differs from the full block that a longer prompt has at that position.
@@ -54,18 +54,32 @@ def block_hashes(
     data = text.encode("utf-8", "surrogatepass")
     n = len(data)
     out: list[int] = []
+    append = out.append
     h = 0
-    fine_end = n if not fine_blocks or not coarse_chars else min(n, fine_blocks * block_chars)
-    for start in range(0, fine_end, block_chars):
-        h = _HASH(data[start : start + block_chars], h)
-        out.append(h)
-    if fine_end < n:
-        for start in range(fine_end, n, coarse_chars):
-            h = _HASH(data[start : start + coarse_chars], h)
-            out.append(h)
-    if max_blocks and len(out) > max_blocks:
-        del out[max_blocks:]
+    start = 0
+    size = block_chars
+    limit = max_blocks or n + 1
+    while start < n and len(out) < limit:
+        end = start + size
+        h = _HASH(data[start:end], h)
+        append(h)
+        start = end
+        if double_every and len(out) % double_every == 0 and size < max_block_chars:
+            size = min(2 * size, max_block_chars)
     return out
+
+
+def prefix_chars(blocks: int, block_chars: int, double_every: int, max_block_chars: int) -> int:
+    """Bytes covered by the first ``blocks`` full blocks of the layout above."""
+    if not double_every:
+        return blocks * block_chars
+    chars, size = 0, block_chars
+    while blocks > 0:
+        k = min(blocks, double_every) if size < max_block_chars else blocks
+        chars += k * size
+        blocks -= k
+        size = min(2 * size, max_block_chars)
+    return chars
 
 
 class PrefixIndex:
@@ -146,8 +160,8 @@ class PrefixIndex:
 class PrefixScorer(DataProducer, Scorer):
     """Score = fraction of the request's prompt blocks the pod is believed to hold.
 
-    Parameters: ``block_chars`` (128) for the first ``fine_blocks`` (256) blocks, then
-    ``coarse_chars`` (2048); ``capacity_blocks`` (65536, per pod, until the pod's scraped
+    Parameters: ``block_chars`` (128), ``double_every`` (32 blocks), ``max_block_chars``
+    (16384); ``capacity_blocks`` (65536, per pod, until the pod's scraped
     KV-cache size says how many blocks it holds), ``max_blocks`` (2048 blocks hashed per
     prompt), ``balance_abs`` (8), ``balance_rel`` (1.5).
     """
@@ -160,18 +174,16 @@ class PrefixScorer(DataProducer, Scorer):
         super().__init__(name)
         p = params or Params()
         self.block_chars = p.integer("block_chars", 128)
-        self.fine_blocks = p.integer("fine_blocks", 256)
-        self.coarse_chars = p.integer("coarse_chars", 2048)
+        self.double_every = p.integer("double_every", 32)
+        self.max_block_chars = p.integer("max_block_chars", 16384)
         capacity = p.integer("capacity_blocks", 65536)
         self.max_blocks = p.integer("max_blocks", 2048)
         self.balance_abs = p.integer("balance_abs", 8)
         self.balance_rel = p.number("balance_rel", 1.5)
-        sizes = (self.block_chars, self.coarse_chars, capacity, self.max_blocks)
-        if min(sizes) <= 0 or self.fine_blocks < 0:
+        sizes = (self.block_chars, self.max_block_chars, capacity, self.max_blocks)
+        if min(sizes) <= 0 or self.double_every < 0:
             raise ValueError(f"plugin {self.name!r}: sizes must be positive")
         self.chars_per_token = handle.chars_per_token if handle else 4.0
-        self.block_tokens = self.block_chars / self.chars_per_token
-        self.coarse_tokens = self.coarse_chars / self.chars_per_token
         self.index = PrefixIndex(capacity)
 
     def produce(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
@@ -180,15 +192,17 @@ class PrefixScorer(DataProducer, Scorer):
             text = f"<lora:{request.adapter}>" + text
         hashes = (
             block_hashes(
-                text, self.block_chars, self.max_blocks, self.fine_blocks, self.coarse_chars
+                text, self.block_chars, self.max_blocks, self.double_every, self.max_block_chars
             )
             if text
             else []
         )
         matched = self.index.match(hashes, [e.address for e in candidates])
-        request.prefix = PrefixMatch(
-            hashes, matched, self.block_tokens, self.fine_blocks, self.coarse_tokens
-        )
+        request.prefix = PrefixMatch(hashes, matched, self._tokens_of)
+
+    def _tokens_of(self, blocks: int) -> float:
+        chars = prefix_chars(blocks, self.block_chars, self.double_every, self.max_block_chars)
+        return chars / self.chars_per_token
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         match = request.prefix

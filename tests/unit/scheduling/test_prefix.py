@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 from picker.datalayer.datastore import Endpoint, EndpointMetrics
 from picker.request.types import InferenceRequest
 from picker.scheduling.framework import Handle, Params
-from picker.scheduling.scorers.prefix import PrefixIndex, PrefixScorer, block_hashes
+from picker.scheduling.scorers.prefix import (
+    PrefixIndex,
+    PrefixScorer,
+    block_hashes,
+    prefix_chars,
+)
 
 B = 16
 
@@ -86,18 +91,29 @@ def test_binary_search_equals_a_linear_walk(
             assert idx.match(probe, pods) == linear_match(idx, probe, pods)
 
 
-def test_long_prompts_use_coarse_blocks() -> None:
-    scorer = _scorer(fine_blocks=4, coarse_chars=4 * B)
-    shared = "s" * (4 * B + 10 * 4 * B)  # 4 fine blocks + 10 coarse blocks
+def test_blocks_double_along_the_prompt() -> None:
+    # double_every=2, max 4*B: B, B, 2B, 2B, 4B, 4B, 4B, ...
+    assert [prefix_chars(k, B, 2, 4 * B) for k in range(8)] == [
+        0, B, 2 * B, 4 * B, 6 * B, 10 * B, 14 * B, 18 * B,
+    ]  # fmt: skip
+    text = "x" * (18 * B)
+    assert len(block_hashes(text, B, 0, 2, 4 * B)) == 7
+    assert len(block_hashes(text + "y", B, 0, 2, 4 * B)) == 8  # a partial tail block
+    assert block_hashes(text + "y", B, 0, 2, 4 * B)[:7] == block_hashes(text, B, 0, 2, 4 * B)
+    assert len(block_hashes("x" * 220_000, 128, 0, 32, 16384)) < 200
+
+
+def test_long_prompts_use_growing_blocks() -> None:
+    scorer = _scorer(double_every=2, max_block_chars=4 * B)
+    shared = "s" * (18 * B)  # exactly 7 blocks
     a, b = _req(shared + "tail a"), _req(shared + "tail b")
     pod = Endpoint(address="10.0.0.1:80")
     send(scorer, a, pod)
-    assert a.prefix is not None and a.prefix.blocks == 4 + 11
+    assert a.prefix is not None and a.prefix.blocks == 8
     score(scorer, b, [pod])
-    assert b.prefix is not None and b.prefix.matched == {pod.address: 14}
+    assert b.prefix is not None and b.prefix.matched == {pod.address: 7}
     b.prompt_tokens = len(b.prompt) // 4 + 1
-    # 4 blocks of B chars + 10 of 4*B chars, at 4 chars per token
-    assert b.cached_tokens(pod.address) == (4 * B + 10 * 4 * B) // 4
+    assert b.cached_tokens(pod.address) == 18 * B // 4  # at 4 chars per token
 
 
 def _req(prompt: str) -> InferenceRequest:

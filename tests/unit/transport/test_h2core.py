@@ -216,3 +216,52 @@ def test_any_frame_sequence_ends_well(
     for f in sent:
         if f[0] == 0:  # DATA frames stay within our stream ids
             assert f[2] % 2 == 1
+
+
+def test_blocks_that_keep_the_hpack_table_are_recognised() -> None:
+    from picker.transport.h2core import _keeps_table
+
+    enc = hpack.Encoder()
+    first = enc.encode([(":method", "POST"), (":path", "/a"), ("x-id", "1")])
+    assert not _keeps_table(first)  # literals with incremental indexing
+    again = enc.encode([(":method", "POST"), (":path", "/a"), ("x-id", "1")])
+    assert _keeps_table(again)  # all indexed now
+    never = hpack.Encoder().encode([(":path", "/p", True), ("x", "y", True)])  # never indexed
+    assert _keeps_table(never)
+    assert not _keeps_table(b"\x3f\xe1\x1f")  # dynamic table size update
+    assert not _keeps_table(b"\x04\x85ab")  # string longer than the block
+
+
+def test_envoys_repeated_block_is_decoded_once() -> None:
+    """Envoy sends :path as a literal without indexing on every stream; the block is
+    memoised, and a block that changes the table clears the memo."""
+    conn, handlers = server()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    conn.receive(client.data_to_send())
+    block = hpack.Encoder().encode([(":method", "POST"), (":path", "/svc/Echo", True)])
+    for sid in (1, 3, 5):
+        conn.receive(len(block).to_bytes(3, "big") + b"\x01\x05" + sid.to_bytes(4, "big") + block)
+    assert sorted(handlers) == [1, 3, 5] and list(conn._memo.values()) == ["/svc/Echo"]
+
+
+def _raw(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+    )
+
+
+def test_resets_of_answered_streams_are_not_an_attack() -> None:
+    """Envoy resets each ext_proc stream after picker answered; only resets of streams
+    picker had not answered count towards the rapid-reset limit."""
+    conn, _ = server()
+    conn.receive(PREFACE)
+    rst = struct.pack(">I", 8)
+    for i in range(200):  # 10x the burst of LIMITS
+        sid = 1 + 2 * i
+        conn.receive(_raw(1, 4, sid, _BLOCK) + _raw(0, 0, sid, grpc(b"q")) + _raw(3, 0, sid, rst))
+    assert not conn.closed
+    for i in range(200, 240):  # HEADERS then RST at once: nothing answered
+        sid = 1 + 2 * i
+        conn.receive(_raw(1, 4, sid, _BLOCK) + _raw(3, 0, sid, rst))
+    assert conn.closed and conn.error == "too many stream resets"

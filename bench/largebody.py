@@ -1,0 +1,114 @@
+"""Large request bodies: what picker adds at 220 KB, as concurrency rises.
+
+Measured as ``bench.overhead`` does: Envoy in front of a trivial backend, directly and
+through picker (default Envoy config: FULL_DUPLEX_STREAMED request body), the same
+backend, in one run. For each concurrency a closed loop runs ``--duration`` seconds;
+prints p50/p90 latency of both setups, what picker adds, and picker's CPU per request.
+
+    python -m bench.largebody [--body-kb 220] [--concurrency 20,150] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+from typing import Any
+
+import orjson
+
+from bench.overhead import cpu_seconds
+from bench.stack import loadgen
+from bench.stack.gateway import Stack
+
+
+def chat_body(kb: int, seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    text = " ".join(f"w{rng.randrange(5000)}" for _ in range(kb * 1024 // 5))[: kb * 1024]
+    return orjson.dumps(
+        {
+            "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": text},
+            ],
+            "max_tokens": 16,
+        }
+    )
+
+
+def run(port: int, body: bytes, concurrency: int, duration: float) -> loadgen.Result:
+    req = loadgen.build_request("/v1/chat/completions", body)
+    asyncio.run(loadgen.run(port, req, concurrency=concurrency, total=2 * concurrency))  # warm
+    return asyncio.run(loadgen.run(port, req, concurrency=concurrency, duration=duration))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--body-kb", type=int, default=220)
+    ap.add_argument("--concurrency", default="20,150")
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--transport", default="native")
+    ap.add_argument(
+        "--request-mode",
+        default="FULL_DUPLEX_STREAMED",
+        help="Envoy's ext_proc request_body_mode (FULL_DUPLEX_STREAMED or BUFFERED)",
+    )
+    args = ap.parse_args()
+    body = chat_body(args.body_kb)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows: list[dict[str, Any]] = []
+    with Stack(pods=1, backend="echo", target="round_robin") as direct:
+        pods = direct.pod_addresses
+        base = {c: run(direct.port, body, c, args.duration) for c in levels}
+        with Stack(
+            pods=1,
+            pod_addresses=pods,
+            target="picker",
+            picker_config={"scrape": {"enabled": False}, "transport": args.transport},
+            envoy_options={"request_body_mode": args.request_mode, "response_body_mode": "NONE"},
+        ) as st:
+            pid = next(p.pid for name, p in st.procs.children if name == "picker")
+            envoy = next(p.pid for name, p in st.procs.children if name == "envoy")
+            for c in levels:
+                cpu0, ecpu0 = cpu_seconds(pid), cpu_seconds(envoy)
+                res = run(st.port, body, c, args.duration)
+                n = max(1, len(res.latencies))
+                cpu = (cpu_seconds(pid) - cpu0) / n * 1e6
+                ecpu = (cpu_seconds(envoy) - ecpu0) / n * 1e6
+                b = base[c]
+                rows.append(
+                    {
+                        "c": c,
+                        "direct": (b.pct(50) * 1e3, b.pct(90) * 1e3, b.rps),
+                        "picker": (res.pct(50) * 1e3, res.pct(90) * 1e3, res.rps),
+                        "cpu": cpu,
+                        "envoy_cpu": ecpu,
+                        "bad": {
+                            k: v for k, v in {**b.statuses, **res.statuses}.items() if k != 200
+                        },
+                    }
+                )
+    print(
+        f"body {len(body) / 1024:.0f} KB, {args.duration:.0f} s per level, "
+        f"transport {args.transport}, request body {args.request_mode}"
+    )
+    print(
+        f"{'c':>4} {'direct p50/p90 ms':>18} {'picker p50/p90 ms':>18} "
+        f"{'added p50/p90 ms':>17} {'direct rps':>10} {'picker rps':>10} {'CPU us/req':>10} "
+        f"{'Envoy CPU us/req':>16}"
+    )
+    for r in rows:
+        d50, d90, drps = r["direct"]
+        p50, p90, prps = r["picker"]
+        print(
+            f"{r['c']:4d} {d50:8.1f}/{d90:<9.1f} {p50:8.1f}/{p90:<9.1f} "
+            f"{p50 - d50:+8.1f}/{p90 - d90:<+8.1f} {drps:10.0f} {prps:10.0f} {r['cpu']:10.0f} "
+            f"{r['envoy_cpu']:16.0f}"
+        )
+        if r["bad"]:
+            print(f"     non-200 statuses: {r['bad']}")
+
+
+if __name__ == "__main__":
+    main()
