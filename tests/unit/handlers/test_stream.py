@@ -261,3 +261,16 @@ async def test_burst_spreads_across_pods() -> None:
     assert sorted(counts.values()) == [10, 10, 10]
     for gen, _ in gens:
         await gen.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 300_000])
+@pytest.mark.parametrize("end", [False, True])
+@pytest.mark.parametrize("field", ["request_body", "response_body"])
+def test_streamed_chunks_equal_protobufs_encoding(size: int, end: bool, field: str) -> None:
+    from picker.handlers.protocol import streamed
+
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    ref = pb.ProcessingResponse()
+    getattr(ref, field).response.body_mutation.streamed_response.body = body
+    getattr(ref, field).response.body_mutation.streamed_response.end_of_stream = end
+    assert streamed(field, body, end) == ref.SerializeToString()
