@@ -75,8 +75,10 @@ def stream_bytes(sid: int, body: bytes, chunk: int, enc: hpack.Encoder) -> bytes
     rh.key, rh.raw_value = ":status", b"200"
     r.response_headers.end_of_stream = True
     msgs.append(_grpc(r))
-    for i, m in enumerate(msgs):  # one DATA frame per message: picker advertises 1 MiB
-        out.append(_frame(0, 1 if i == len(msgs) - 1 else 0, sid, m))  # END_STREAM last
+    for i, m in enumerate(msgs):  # Envoy's DATA frames carry at most 16 KiB
+        for off in range(0, len(m), 16384):
+            last = i == len(msgs) - 1 and off + 16384 >= len(m)
+            out.append(_frame(0, 1 if last else 0, sid, m[off : off + 16384]))  # END_STREAM
     return b"".join(out)
 
 
@@ -105,7 +107,7 @@ class _Sink:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--body-kb", type=int, default=220)
-    ap.add_argument("--chunk-kb", type=int, default=16)
+    ap.add_argument("--chunk-kb", type=int, default=256, help="Envoy sends the body whole")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-prefix", action="store_true", help="scheduler without prefix scorer")

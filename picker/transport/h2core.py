@@ -300,7 +300,7 @@ class GrpcConnection(ConnectionState):
             raise ProtocolError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         self.conn_recv_window -= n
         self._recv_owed += n
-        data = self._strip_padding(flags, payload)
+        data = self._strip_padding(flags, payload) if flags & PADDED else payload
         if not n and not flags & END_STREAM:
             self._calm("empty DATA")
         st = self.streams.get(sid)
@@ -318,7 +318,8 @@ class GrpcConnection(ConnectionState):
         if not st.discard and data:
             self._on_bytes(st, data)
         if self.streams.get(sid) is st:
-            self._grant_stream(st)
+            if st.recv_window <= self._half_window:
+                self._grant_stream(st)
             if flags & END_STREAM:
                 self._remote_end(st)
 
@@ -328,12 +329,23 @@ class GrpcConnection(ConnectionState):
         Messages that arrive whole in one DATA frame (the common case) are copied once,
         straight out of the frame; only a partial message is buffered on the stream.
         """
+        k = len(data)
+        need = st.need
+        if need > k:  # the middle of a message spread over frames: just keep the bytes
+            st.buf += data
+            st.need = need - k
+            st.counted += k
+            self.buffered += k
+            if self.buffered > self.limits.max_buffered:
+                self._abort(st, GRPC_RESOURCE_EXHAUSTED, "too much incomplete data buffered")
+            return
         buf: bytearray | memoryview
         if st.buf:
             st.buf += data
             buf = st.buf
         else:
             buf = data
+        st.need = 0
         off = 0
         n = len(buf)
         max_message = self.limits.max_message
@@ -346,6 +358,7 @@ class GrpcConnection(ConnectionState):
                 self._abort(st, GRPC_RESOURCE_EXHAUSTED, f"message over {max_message} bytes")
                 return
             if n - off - 5 < mlen:
+                st.need = 5 + mlen - (n - off)
                 break
             msg = bytes(buf[off + 5 : off + 5 + mlen])
             off += 5 + mlen

@@ -57,6 +57,7 @@ class ConnectionState:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = lim = limits or Limits()
+        self._half_window = lim.stream_window // 2
         self._open_stream = open_stream
         self._out: list[bytes | memoryview] = []
         self._buf = bytearray()
@@ -217,6 +218,7 @@ class ConnectionState:
     def _release_buffered(self, st: Stream) -> None:
         self.buffered -= st.counted
         st.counted = 0
+        st.need = 0
         st.buf = bytearray()
 
     def _flush(self, st: Stream) -> None:

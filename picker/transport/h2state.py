@@ -90,6 +90,7 @@ class Stream:
         "discard",
         "handler",
         "headers_sent",
+        "need",
         "pending",
         "recv_window",
         "remote_closed",
@@ -102,6 +103,7 @@ class Stream:
         self.sid = sid
         self.buf = bytearray()  # incomplete inbound gRPC message bytes
         self.counted = 0  # len(buf) as counted in the connection's ``buffered``
+        self.need = 0  # bytes still missing from the buffered message, when known
         self.handler: StreamHandler | None = None
         self.headers_sent = False
         self.remote_closed = False

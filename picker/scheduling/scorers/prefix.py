@@ -26,6 +26,8 @@ for this request and the load scorers decide.
 
 from __future__ import annotations
 
+import bisect
+import functools
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -46,26 +48,51 @@ def block_hashes(
     max_block_chars: int = 0,
 ) -> list[int]:
     """Chained 64-bit hashes of ``text``'s blocks (sizes: see the module doc; all
-    ``block_chars`` when ``double_every`` is 0).
+    ``block_chars`` when ``double_every`` is 0; at most ``max_blocks``, 0: no limit).
 
     A trailing partial block is hashed too, so short prompts still match each other;
     its hash differs from the full block that a longer prompt has at that position.
     """
-    data = text.encode("utf-8", "surrogatepass")
+    data = memoryview(text.encode("utf-8", "surrogatepass"))
     n = len(data)
     out: list[int] = []
     append = out.append
     h = 0
     start = 0
-    size = block_chars
-    limit = max_blocks or n + 1
-    while start < n and len(out) < limit:
-        end = start + size
+    for end in _block_ends(block_chars, double_every, max_block_chars, max_blocks, n):
         h = _HASH(data[start:end], h)
         append(h)
         start = end
-        if double_every and len(out) % double_every == 0 and size < max_block_chars:
-            size = min(2 * size, max_block_chars)
+    return out
+
+
+def _block_ends(
+    block_chars: int, double_every: int, max_block_chars: int, max_blocks: int, n: int
+) -> list[int]:
+    """End offsets of the blocks covering ``n`` bytes (the last one may pass ``n``)."""
+    if max_blocks:
+        ends = _layout(block_chars, double_every, max_block_chars, max_blocks)
+        return ends[: bisect.bisect_left(ends, n) + 1] if n else []
+    out: list[int] = []
+    end, size, cap = 0, block_chars, max_block_chars or n
+    while end < n:
+        end += size
+        out.append(end)
+        if double_every and len(out) % double_every == 0:
+            size = max(size, min(2 * size, cap))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(block_chars: int, double_every: int, max_block_chars: int, blocks: int) -> list[int]:
+    """The end offsets of the first ``blocks`` blocks of a layout (computed once)."""
+    out: list[int] = []
+    end, size, cap = 0, block_chars, max_block_chars or (1 << 40)
+    for i in range(1, blocks + 1):
+        end += size
+        out.append(end)
+        if double_every and i % double_every == 0:
+            size = max(size, min(2 * size, cap))
     return out
 
 
