@@ -129,6 +129,28 @@ class GrpcConnection(ConnectionState):
                 ftype = view[pos + 3]
                 flags = view[pos + 4]
                 sid = U32.unpack_from(view, pos + 5)[0] & 0x7FFFFFFF
+                if ftype == DATA and not flags and self._cont is None:
+                    # Fast path: a frame from the middle of a large message (Envoy
+                    # sends a body in 16 KiB frames). Same checks as _on_data.
+                    st = self.streams.get(sid)
+                    if (
+                        st is not None
+                        and length < st.need
+                        and length <= st.recv_window
+                        and length <= self.conn_recv_window
+                        and self.buffered + length <= self.limits.max_buffered
+                    ):
+                        st.buf += view[pos + 9 : end]
+                        st.need -= length
+                        st.counted += length
+                        st.recv_window -= length
+                        self.buffered += length
+                        self.conn_recv_window -= length
+                        self._recv_owed += length
+                        if st.recv_window <= self._half_window:
+                            self._grant_stream(st)
+                        pos = end
+                        continue
                 self._frame(ftype, flags, sid, view[pos + 9 : end])
                 pos = end
         except BaseException:
