@@ -28,6 +28,7 @@ import yaml
 
 from picker.datalayer.datastore import Datastore, Endpoint, Pool
 from picker.request.types import Criticality
+from picker.transport.tls import TLSConfig
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Config:
     chars_per_token: float = 4.0
     scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
     transport_limits: TransportConfig = field(default_factory=TransportConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     flow_control: FlowControlConfig = field(default_factory=FlowControlConfig)
     # model ID or adapter name → default criticality (overridden by the request header)
@@ -169,6 +171,9 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
         cfg.transport_limits = _dataclass_from(
             TransportConfig, dict(data.pop("transport_limits")), "transport_limits"
         )
+    if "tls" in data:
+        cfg.tls = _dataclass_from(TLSConfig, dict(data.pop("tls")), "tls")
+        cfg.tls.files()  # both or neither of cert_file / key_file
     if "saturation" in data:
         cfg.saturation = _dataclass_from(
             SaturationConfig, dict(data.pop("saturation")), "saturation"

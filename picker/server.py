@@ -27,6 +27,7 @@ from picker.transport.grpcio import GrpcioServer
 from picker.transport.h2 import NativeServer, Timeouts
 from picker.transport.h2core import Limits
 from picker.transport.health import HealthStatus
+from picker.transport.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,25 @@ class PickerServer:
         self.metrics_port = 0
         self._http: Any = None
         self.scraper: Scraper | None = None
+        # TLS material is made (self-signed) or loaded here, so a bad file fails at start.
+        self.tls = ServerTLS(config.tls) if config.tls.enabled else None
         self._ready_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        tls = self.tls
+        if tls is not None:
+            tls.start()
         if cfg.transport == "native":
             self.native = NativeServer(
                 self.service, self.health_status, self._limits(), self._timeouts()
             )
-            self.grpc_port = await self.native.start(cfg.grpc_host, cfg.grpc_port)
+            ctx = tls.context if tls is not None else None
+            self.grpc_port = await self.native.start(cfg.grpc_host, cfg.grpc_port, ctx)
         elif cfg.transport == "grpcio":
             self.grpcio = GrpcioServer(self.service, self.health_status)
             self.grpc_port = await self.grpcio.start(
-                cfg.grpc_host, cfg.grpc_port, cfg.max_body_bytes + (1 << 20)
+                cfg.grpc_host, cfg.grpc_port, cfg.max_body_bytes + (1 << 20), tls
             )
         else:
             raise ValueError(f"transport must be native or grpcio, not {cfg.transport!r}")
@@ -81,8 +88,9 @@ class PickerServer:
         await self.profile.start()
         self._ready_task = asyncio.create_task(self._become_ready())
         log.info(
-            "picker %s serving ext_proc on %s:%d, metrics on :%d, %d pool(s), %d endpoint(s)",
+            "picker %s serving ext_proc (%s) on %s:%d, metrics on :%d, %d pool(s), %d endpoint(s)",
             __version__,
+            "TLS" if tls is not None else "plaintext",
             cfg.grpc_host,
             self.grpc_port,
             self.metrics_port,
@@ -124,6 +132,8 @@ class PickerServer:
         if self.scraper is not None:
             await self.scraper.stop()
         await self.profile.stop()
+        if self.tls is not None:
+            await self.tls.stop()
         if self.grpcio is not None:
             await self.grpcio.stop(grace)
         if self.native is not None:

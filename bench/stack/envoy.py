@@ -183,6 +183,26 @@ def _static_cluster(name: str, addrs: list[str], lb: str, http2: bool = False) -
     return c
 
 
+def _upstream_tls(ca: str | None, client_cert: tuple[str, str] | None) -> dict[str, Any]:
+    common: dict[str, Any] = {"alpn_protocols": ["h2"]}
+    if ca is not None:
+        common["validation_context"] = {"trusted_ca": {"filename": ca}}
+    if client_cert is not None:
+        cert, key = client_cert
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
+        ]
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "UpstreamTlsContext",
+            "common_tls_context": common,
+            "sni": "picker",
+        },
+    }
+
+
 def _admin(port: int) -> dict[str, Any]:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
 
@@ -198,8 +218,16 @@ def picker_config(
     failure_mode_allow: bool = False,
     subset_hint: list[str] | None = None,
     listen_host: str = "127.0.0.1",
+    picker_tls: bool = False,
+    picker_ca: str | None = None,
+    client_cert: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Envoy → ext_proc(picker) → ORIGINAL_DST cluster driven by picker's header.
+
+    ``picker_tls``: Envoy dials picker over TLS with ALPN h2, verifying picker's
+    certificate against ``picker_ca`` when given (else encrypting only, as gateways do
+    with the EPP's self-signed certificate); ``client_cert`` (cert, key files) is what
+    Envoy presents when picker requires client certificates (mTLS).
 
     The response body is not sent to picker by default (``NONE``): picker needs only the
     response headers and the end of the stream, which Envoy signals by closing the
@@ -230,6 +258,11 @@ def picker_config(
             },
         },
     }
+    picker_cluster = _static_cluster(
+        "picker", [f"{picker_host}:{picker_port}"], "ROUND_ROBIN", http2=True
+    )
+    if picker_tls:
+        picker_cluster["transport_socket"] = _upstream_tls(picker_ca, client_cert)
     filters = [strip_client_destination(), ext_proc]
     if subset_hint is not None:
         # Stand-in for a proxy that narrows the pool (the protocol's subset hint).
@@ -273,9 +306,7 @@ def picker_config(
                         "http_header_name": DESTINATION,
                     },
                 },
-                _static_cluster(
-                    "picker", [f"{picker_host}:{picker_port}"], "ROUND_ROBIN", http2=True
-                ),
+                picker_cluster,
             ],
         },
     }
@@ -298,9 +329,12 @@ def main() -> None:
     """Prints picker's Envoy config: ``python -m bench.stack.envoy > deploy/envoy.yaml``."""
     import yaml
 
-    cfg = picker_config(8080, 9002, 9901, listen_host="0.0.0.0")
+    cfg = picker_config(8080, 9002, 9901, listen_host="0.0.0.0", picker_tls=True)
     print("# Envoy in front of picker (rendered by `python -m bench.stack.envoy`).")
-    print("# Listener :8080 -> ext_proc picker at 127.0.0.1:9002 -> the pod picker chose.")
+    print("# Listener :8080 -> ext_proc picker at 127.0.0.1:9002 (TLS, ALPN h2) -> the pod")
+    print("# picker chose. To verify picker's certificate or present a client certificate")
+    print("# (picker's tls.client_ca_file), add validation_context / tls_certificates to the")
+    print("# picker cluster's transport_socket (picker_config(picker_ca=..., client_cert=...)).")
     print(yaml.safe_dump(cfg, sort_keys=False), end="")
 
 

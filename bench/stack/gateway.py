@@ -44,6 +44,7 @@ class Stack:
     extra_pools: list[dict[str, Any]] = field(default_factory=list)
     # Out-of-tree plugins for picker, as entry points: type → "module:attr"
     plugins: dict[str, str] = field(default_factory=dict)
+    tls: bool = True  # picker serves TLS (self-signed), Envoy dials it with ALPN h2
 
     def __post_init__(self) -> None:
         self.procs = Procs(keep_logs=self.keep_logs)
@@ -114,6 +115,8 @@ class Stack:
                 *self.extra_pools,
             ],
         }
+        if self.tls:
+            cfg["tls"] = {"enabled": True}
         cfg.update(self.picker_config)
         path = self.procs.dir / "picker.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -137,7 +140,8 @@ class Stack:
         admin = free_port()
         if self.target == "picker":
             self.start_picker()
-            envoy_cfg = picker_config(self.port, self.picker_grpc_port, admin, **self.envoy_options)
+            options = {"picker_tls": self.tls, **self.envoy_options}
+            envoy_cfg = picker_config(self.port, self.picker_grpc_port, admin, **options)
         elif self.target in ("round_robin", "least_request", "random"):
             envoy_cfg = cluster_config(self.port, admin, self.pod_addresses, self.target.upper())
         else:

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from picker.handlers.stream import ExtProcService
 from picker.transport.health import EXT_PROC_SERVICE, HealthStatus
+from picker.transport.tls import ServerTLS
 
 
 def _identity(b: bytes) -> bytes:
@@ -41,6 +42,28 @@ async def process_stream(
         proc.close()
 
 
+def _credentials(tls: ServerTLS) -> grpc.ServerCredentials:
+    """Credentials that pick up a reloaded certificate at the next handshake."""
+    ca = tls.client_ca_pem
+    served = [tls.version]
+
+    def config() -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(tls.key_pem, tls.cert_pem)], root_certificates=ca
+        )
+
+    def fetch() -> Any:
+        tls.check()
+        if tls.version == served[0]:
+            return None
+        served[0] = tls.version
+        return config()
+
+    return grpc.dynamic_ssl_server_credentials(
+        config(), fetch, require_client_authentication=ca is not None
+    )
+
+
 class GrpcioServer:
     """grpc.aio serving ext_proc and health; ``sync_health`` mirrors ``HealthStatus``."""
 
@@ -51,7 +74,9 @@ class GrpcioServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int, max_message: int) -> int:
+    async def start(
+        self, host: str, port: int, max_message: int, tls: ServerTLS | None = None
+    ) -> int:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message),
@@ -78,7 +103,10 @@ class GrpcioServer:
         )
         server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.port = server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            self.port = server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = server.add_secure_port(f"{host}:{port}", _credentials(tls))
         if self.port == 0:
             raise OSError(f"cannot bind gRPC on {host}:{port}")
         await server.start()

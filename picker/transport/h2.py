@@ -263,7 +263,12 @@ class NativeServer:
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: H2GrpcProtocol(self), host, port, reuse_address=True, ssl=tls
+            lambda: H2GrpcProtocol(self),
+            host,
+            port,
+            reuse_address=True,
+            ssl=tls,
+            ssl_handshake_timeout=self.timeouts.handshake if tls is not None else None,
         )
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
