@@ -43,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", help="the picker plugin: max_score, p2c, random, round_robin")
     s.add_argument("--no-scrape", action="store_true", help="do not scrape pod metrics")
     s.add_argument("--scrape-interval", type=float, help="seconds between scrapes (0.05)")
+    s.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="seconds to finish open streams after SIGTERM (default 30)",
+    )
+    s.add_argument(
+        "--secure-serving",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TLS on the ext_proc port (self-signed unless --cert-path)",
+    )
+    s.add_argument("--cert-path", help="directory with tls.crt and tls.key, reloaded on change")
     s.add_argument("--log-level", default="INFO")
     return p
 
@@ -64,6 +76,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.scrape.enabled = False
     if args.scrape_interval is not None:
         cfg.scrape.interval = args.scrape_interval
+    if args.drain_timeout is not None:
+        cfg.drain_timeout = args.drain_timeout
+    if args.secure_serving is not None:
+        cfg.tls.enabled = args.secure_serving
+    if args.cert_path:
+        cfg.tls.cert_path = args.cert_path
+        cfg.tls.enabled = True
     if not cfg.pools:
         raise SystemExit("picker: no endpoints; give --endpoint HOST:PORT or a --config file")
     return cfg
@@ -77,6 +96,9 @@ async def _serve(server: PickerServer) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(f"picker ready grpc={server.grpc_port} metrics={server.metrics_port}", flush=True)
     await stop.wait()
+    left = await server.drain(server.config.drain_timeout)
+    if left:
+        logging.getLogger("picker").warning("drain deadline: %d stream(s) cut", left)
     await server.stop()
 
 

@@ -97,6 +97,8 @@ class Config:
     max_body_bytes: int = 16 * 2**20
     # Prompt characters per token, for the token estimate of a prompt given as text.
     chars_per_token: float = 4.0
+    # On SIGTERM: seconds to let open streams finish (not ready, no new streams) first.
+    drain_timeout: float = 30.0
     scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
     transport_limits: TransportConfig = field(default_factory=TransportConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -192,6 +194,8 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
     for key in ("grpc_port", "metrics_port", "max_body_bytes"):
         if key in data:
             setattr(cfg, key, int(data.pop(key)))
+    if "drain_timeout" in data:
+        cfg.drain_timeout = float(data.pop("drain_timeout"))
     if "chars_per_token" in data:
         cfg.chars_per_token = float(data.pop("chars_per_token"))
         if cfg.chars_per_token <= 0:

@@ -124,6 +124,21 @@ class PickerServer:
             await self.grpcio.sync_health()
         log.info("picker ready")
 
+    async def drain(self, timeout: float) -> int:
+        """Graceful shutdown, first half: report not ready, refuse new streams, let open
+        ones finish for up to ``timeout`` s. Returns how many were still open."""
+        log.info("draining: not ready, finishing open streams (up to %.0f s)", timeout)
+        self.health_status.set_ready(False)
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        if self.grpcio is not None:
+            await self.grpcio.sync_health()
+            await self.grpcio.stop(timeout)
+            return 0
+        if self.native is not None:
+            return await self.native.drain(timeout)
+        return 0
+
     async def stop(self, grace: float = 1.0) -> None:
         if self._ready_task is not None:
             self._ready_task.cancel()
