@@ -211,6 +211,7 @@ class PrefixScorer(DataProducer, Scorer):
         if min(sizes) <= 0 or self.double_every < 0:
             raise ValueError(f"plugin {self.name!r}: sizes must be positive")
         self.chars_per_token = handle.chars_per_token if handle else 4.0
+        self._size_gauge = handle.metrics.prefix_indexer_size if handle else None
         self.index = PrefixIndex(capacity)
 
     def produce(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
@@ -256,3 +257,5 @@ class PrefixScorer(DataProducer, Scorer):
         if match is not None and match.hashes:
             self._sync_capacity(endpoint)
             self.index.add(endpoint.address, match.hashes)
+            if self._size_gauge is not None:
+                self._size_gauge.set(len(self.index))
