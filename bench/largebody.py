@@ -11,7 +11,6 @@ prints p50/p90 latency of both setups, what picker adds, and picker's CPU per re
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 from typing import Any
 
@@ -39,8 +38,8 @@ def chat_body(kb: int, seed: int = 0) -> bytes:
 
 def run(port: int, body: bytes, concurrency: int, duration: float) -> loadgen.Result:
     req = loadgen.build_request("/v1/chat/completions", body)
-    asyncio.run(loadgen.run(port, req, concurrency=concurrency, total=2 * concurrency))  # warm
-    return asyncio.run(loadgen.run(port, req, concurrency=concurrency, duration=duration))
+    loadgen.run_blocking(port, req, concurrency=concurrency, total=2 * concurrency)  # warm
+    return loadgen.run_blocking(port, req, concurrency=concurrency, duration=duration)
 
 
 def main() -> None:
@@ -50,6 +49,12 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--transport", default="native")
     ap.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Envoy dials picker over TLS (self-signed), as deploy/ does",
+    )
+    ap.add_argument(
         "--request-mode",
         default="FULL_DUPLEX_STREAMED",
         help="Envoy's ext_proc request_body_mode (FULL_DUPLEX_STREAMED or BUFFERED)",
@@ -58,7 +63,7 @@ def main() -> None:
     body = chat_body(args.body_kb)
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[dict[str, Any]] = []
-    with Stack(pods=1, backend="echo", target="round_robin") as direct:
+    with Stack(pods=1, backend="echo", target="round_robin", tls=False) as direct:
         pods = direct.pod_addresses
         base = {c: run(direct.port, body, c, args.duration) for c in levels}
         with Stack(
@@ -67,6 +72,7 @@ def main() -> None:
             target="picker",
             picker_config={"scrape": {"enabled": False}, "transport": args.transport},
             envoy_options={"request_body_mode": args.request_mode, "response_body_mode": "NONE"},
+            tls=args.tls,
         ) as st:
             pid = next(p.pid for name, p in st.procs.children if name == "picker")
             envoy = next(p.pid for name, p in st.procs.children if name == "envoy")
@@ -91,7 +97,8 @@ def main() -> None:
                 )
     print(
         f"body {len(body) / 1024:.0f} KB, {args.duration:.0f} s per level, "
-        f"transport {args.transport}, request body {args.request_mode}"
+        f"transport {args.transport}{' over TLS' if args.tls else ''}, "
+        f"request body {args.request_mode}"
     )
     print(
         f"{'c':>4} {'direct p50/p90 ms':>18} {'picker p50/p90 ms':>18} "

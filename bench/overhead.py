@@ -9,7 +9,6 @@ closed loop, and (for picker) its CPU time per request read from /proc. Run with
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from typing import Any
 
@@ -39,11 +38,11 @@ def cpu_seconds(pid: int) -> float:
 
 def measure(stack: Stack, args: argparse.Namespace, pid: int | None) -> dict[str, Any]:
     req = loadgen.build_request("/v1/chat/completions", BODY)
-    asyncio.run(loadgen.run(stack.port, req, concurrency=4, total=300))  # warm-up
-    serial = asyncio.run(loadgen.run(stack.port, req, concurrency=1, total=args.requests))
+    loadgen.run_blocking(stack.port, req, concurrency=4, total=300)  # warm-up
+    serial = loadgen.run_blocking(stack.port, req, concurrency=1, total=args.requests)
     cpu0 = cpu_seconds(pid) if pid else 0.0
-    load = asyncio.run(
-        loadgen.run(stack.port, req, concurrency=args.concurrency, duration=args.duration)
+    load = loadgen.run_blocking(
+        stack.port, req, concurrency=args.concurrency, duration=args.duration
     )
     cpu1 = cpu_seconds(pid) if pid else 0.0
     n = len(load.latencies)
@@ -61,6 +60,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="serial requests (c=1)")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of max-rate load")
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Envoy dials picker over TLS (self-signed), as deploy/ does",
+    )
     ap.add_argument("--transports", default="native,grpcio", help="picker gRPC servers to measure")
     ap.add_argument(
         "--modes",
@@ -69,7 +74,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     rows: list[tuple[str, dict[str, Any]]] = []
-    with Stack(pods=1, backend="echo", target="round_robin") as direct:
+    with Stack(pods=1, backend="echo", target="round_robin", tls=False) as direct:
         rows.append(("envoy direct", measure(direct, args, None)))
         pods = direct.pod_addresses
         for transport in args.transports.split(","):
@@ -84,9 +89,11 @@ def main() -> None:
                         "request_body_mode": req_mode,
                         "response_body_mode": resp_mode or req_mode,
                     },
+                    tls=args.tls,
                 ) as st:
                     pid = next(p.pid for name, p in st.procs.children if name == "picker")
-                    name = f"picker {transport} {req_mode}/{resp_mode or req_mode}"
+                    tls = " TLS" if args.tls else ""
+                    name = f"picker {transport}{tls} {req_mode}/{resp_mode or req_mode}"
                     rows.append((name, measure(st, args, pid)))
     base = rows[0][1]
     print(
