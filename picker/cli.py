@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from picker import __version__
-from picker.config import Config, PoolConfig, load_config
+from picker.config import Config, PoolConfig, load_config, parse_ports
 from picker.scheduling.profile import DEFAULT_SCHEDULER
 from picker.server import PickerServer
 
@@ -55,6 +55,34 @@ def _parser() -> argparse.ArgumentParser:
         help="TLS on the ext_proc port (self-signed unless --cert-path)",
     )
     s.add_argument("--cert-path", help="directory with tls.crt and tls.key, reloaded on change")
+    k = s.add_argument_group(
+        "endpoints from Kubernetes (as the inference extension's endpoint picker; "
+        "see docs/kubernetes-discovery.md)"
+    )
+    k.add_argument("--pool-name", help="the InferencePool whose Ready pods are the endpoints")
+    k.add_argument(
+        "--pool-namespace",
+        help="its namespace (default: $NAMESPACE, else picker's own, else default)",
+    )
+    k.add_argument(
+        "--pool-group",
+        help="the InferencePool's API group (default inference.networking.k8s.io)",
+    )
+    k.add_argument(
+        "--endpoint-selector",
+        help="instead of a pool: a label selector of the model-server pods, e.g. app=vllm",
+    )
+    k.add_argument(
+        "--endpoint-target-ports",
+        metavar="PORTS",
+        help="with --endpoint-selector: the pods' ports, comma-separated (e.g. 8000,8001)",
+    )
+    k.add_argument(
+        "--kube-api-server",
+        metavar="URL",
+        help="the API server's URL (default: in-cluster service account, or KUBECONFIG)",
+    )
+    k.add_argument("--kubeconfig", help="a kubeconfig file (default: $KUBECONFIG)")
     s.add_argument("--log-level", default="INFO")
     return p
 
@@ -83,9 +111,39 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.cert_path:
         cfg.tls.cert_path = args.cert_path
         cfg.tls.enabled = True
-    if not cfg.pools:
-        raise SystemExit("picker: no endpoints; give --endpoint HOST:PORT or a --config file")
+    _discovery_from_args(cfg, args)
+    if not cfg.pools and not cfg.discovery.enabled:
+        raise SystemExit(
+            "picker: no endpoints; give --endpoint HOST:PORT, --pool-name, "
+            "--endpoint-selector or a --config file"
+        )
     return cfg
+
+
+def _discovery_from_args(cfg: Config, args: argparse.Namespace) -> None:
+    d = cfg.discovery
+    for attr in (
+        "pool_name",
+        "pool_namespace",
+        "pool_group",
+        "endpoint_selector",
+        "kubeconfig",
+    ):
+        value = getattr(args, attr)
+        if value:
+            setattr(d, attr, value)
+    if args.kube_api_server:
+        d.api_server = args.kube_api_server
+    if args.endpoint_target_ports:
+        try:
+            d.endpoint_target_ports = parse_ports(args.endpoint_target_ports)
+        except ValueError as e:
+            raise ValueError(f"--endpoint-target-ports: {e}") from None
+    if d.pool_name and d.endpoint_target_ports and not d.endpoint_selector:
+        logging.getLogger("picker").warning(
+            "--endpoint-target-ports is ignored with --pool-name (the pool has its ports)"
+        )
+    cfg.check_discovery()
 
 
 async def _serve(server: PickerServer) -> None:

@@ -15,6 +15,15 @@ Two ways to name endpoints, both accepted in one file::
         model_server: vllm          # vllm | sglang | trtllm (metric names)
         endpoints: ["10.0.0.1:8000", "10.0.0.2:8000"]
 
+    # or from the cluster (docs/kubernetes-discovery.md): an InferencePool's pods ...
+    discovery:
+      pool_name: vllm-llama3-8b-instruct
+      pool_namespace: default
+    # ... or the pods a label selector matches, on given ports
+    discovery:
+      endpoint_selector: app=vllm
+      endpoint_target_ports: [8000]
+
 See README.md for every key.
 """
 
@@ -27,6 +36,7 @@ from typing import Any
 import yaml
 
 from picker.datalayer.datastore import Datastore, Endpoint, Pool
+from picker.datalayer.discovery.selector import parse as parse_selector
 from picker.request.types import Criticality
 from picker.transport.tls import TLSConfig
 
@@ -85,6 +95,61 @@ class TransportConfig:
 
 
 @dataclass
+class DiscoveryConfig:
+    """Endpoints from the cluster (``picker.datalayer.discovery``); off when both
+    ``pool_name`` and ``endpoint_selector`` are empty."""
+
+    pool_name: str = ""  # an InferencePool (--pool-name) ...
+    pool_namespace: str = ""  # "": $NAMESPACE, the kubeconfig's or service account's, "default"
+    pool_group: str = "inference.networking.k8s.io"
+    endpoint_selector: str = ""  # ... or a label selector (--endpoint-selector) ...
+    endpoint_target_ports: list[int] = field(default_factory=list)  # ... and its ports
+    api_server: str = ""  # "": in-cluster or kubeconfig (see discovery.kubeconfig)
+    kubeconfig: str = ""
+    model_server: str = "vllm"  # the pods' metric names, as pools[].model_server
+    metrics: dict[str, Any] = field(default_factory=dict)  # as pools[].metrics
+    max_pods: int = 10_000  # pods kept at most; more are ignored (logged)
+    max_event_bytes: int = 4 << 20  # one watch event line
+    watch_timeout: int = 300  # seconds the API server keeps one watch open
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.pool_name or self.endpoint_selector)
+
+    @property
+    def datastore_pool(self) -> str:
+        """The name of the datastore pool discovery fills (a metric label)."""
+        return self.pool_name or "endpoint-selector"
+
+    def validate(self) -> None:
+        if self.pool_name and self.endpoint_selector:
+            raise ValueError("give either --pool-name or --endpoint-selector, not both")
+        if self.endpoint_selector:
+            if parse_selector(self.endpoint_selector).empty:
+                raise ValueError("--endpoint-selector is empty")
+            ports = self.endpoint_target_ports
+            if not 1 <= len(ports) <= 8:
+                raise ValueError("--endpoint-target-ports needs 1 to 8 port numbers")
+            for port in ports:
+                if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                    raise ValueError(f"--endpoint-target-ports: {port!r} is not a port number")
+        if self.max_pods < 1 or self.max_event_bytes < 1024 or self.watch_timeout < 1:
+            raise ValueError("discovery: max_pods, max_event_bytes, watch_timeout out of range")
+
+
+def parse_ports(text: str) -> list[int]:
+    """``8000,8001`` → [8000, 8001] (duplicates dropped); ValueError otherwise."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 0 < int(part) < 65536:
+            raise ValueError(f"{part!r} is not a port number")
+        if int(part) not in out:
+            out.append(int(part))
+    return out
+
+
+@dataclass
 class Config:
     pools: list[PoolConfig] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None  # see picker.scheduling.profile
@@ -104,9 +169,25 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     flow_control: FlowControlConfig = field(default_factory=FlowControlConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     # model ID or adapter name → default criticality (overridden by the request header)
     criticality: dict[str, Criticality] = field(default_factory=dict)
     default_criticality: Criticality = Criticality.STANDARD
+
+    def check_discovery(self) -> None:
+        """Discovery settings are valid and fit with the static pools (if any)."""
+        d = self.discovery
+        if not d.enabled:
+            return
+        d.validate()
+        for p in self.pools:
+            if p.name == d.datastore_pool:
+                raise ValueError(f"pool {p.name!r} is both configured and discovered")
+            if "*" in p.models:
+                raise ValueError(
+                    f"pool {p.name!r} serves '*', as the discovered pool does: give it "
+                    "its model names"
+                )
 
     def datastore(self) -> Datastore:
         pools = [
@@ -121,6 +202,10 @@ class Config:
             )
             for p in self.pools
         ]
+        d = self.discovery
+        if d.enabled:
+            # The endpoint picker routes any model its pool serves: the pool serves "*".
+            pools.append(Pool(name=d.datastore_pool, endpoints=[], model_server=d.model_server))
         return Datastore(pools)
 
 
@@ -180,6 +265,11 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
         cfg.saturation = _dataclass_from(
             SaturationConfig, dict(data.pop("saturation")), "saturation"
         )
+    if "discovery" in data:
+        raw = dict(data.pop("discovery") or {})
+        if isinstance(raw.get("endpoint_target_ports"), str):
+            raw["endpoint_target_ports"] = parse_ports(raw["endpoint_target_ports"])
+        cfg.discovery = _dataclass_from(DiscoveryConfig, raw, "discovery")
     if "flow_control" in data:
         cfg.flow_control = _dataclass_from(
             FlowControlConfig, dict(data.pop("flow_control")), "flow_control"
@@ -205,4 +295,5 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
     for p in cfg.pools:
         for a in p.endpoints:
             normalize_address(a)
+    cfg.check_discovery()
     return cfg

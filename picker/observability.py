@@ -10,6 +10,7 @@ in-process servers do not collide on the global default registry.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -183,6 +184,14 @@ class Metrics:
             "Block hashes held by the prefix index.",
             registry=r,
         )
+
+    def forget_endpoint(self, address: str) -> None:
+        """Drops the per-endpoint series of a removed endpoint (bounded under pod churn)."""
+        metric = self.endpoint_outcome_total
+        for key in [k for k in self._children if k[0] == id(metric) and k[1] == address]:
+            del self._children[key]
+            with contextlib.suppress(KeyError):
+                metric.remove(*key[1:])
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: for the request path."""

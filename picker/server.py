@@ -2,6 +2,13 @@
 
 Start order: transport (not ready), Prometheus endpoint, scrapers, plugins' ``start``;
 ready once every endpoint has had its first scrape. Stop in reverse.
+
+With discovery (``Config.discovery``: an InferencePool or a label selector), endpoints
+come and go at run time: discovery starts before the scrapers, readiness waits for its
+first sync (pool and pods listed) and then for the first scrape of every pod found, and
+goes false while the InferencePool is missing. Each change of the datastore starts and
+stops scrapers, and tells plugins (``on_endpoint_removed``) and the metrics to forget a
+removed pod.
 """
 
 from __future__ import annotations
@@ -9,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import start_http_server
 
 from picker import __version__
 from picker.config import Config
-from picker.datalayer.datastore import Datastore
+from picker.datalayer.datastore import Datastore, Endpoint
+from picker.datalayer.discovery.build import from_config as discovery_from_config
+from picker.datalayer.discovery.controller import Discovery
 from picker.datalayer.scrape import Scraper
 from picker.handlers.stream import ExtProcService
 from picker.observability import Metrics
@@ -56,6 +66,39 @@ class PickerServer:
         # TLS material is made (self-signed) or loaded here, so a bad file fails at start.
         self.tls = ServerTLS(config.tls) if config.tls.enabled else None
         self._ready_task: asyncio.Task[None] | None = None
+        self._draining = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.discovery: Discovery | None = None
+        if config.discovery.enabled:
+            self.discovery = discovery_from_config(
+                config.discovery, self.datastore, self._discovery_ready
+            )
+            self.datastore.add_listener(self._endpoints_changed)
+
+    def _endpoints_changed(self, added: Sequence[Endpoint], removed: Sequence[Endpoint]) -> None:
+        if removed:
+            self.profile.on_endpoints_removed(removed)
+            for ep in removed:
+                self.metrics.forget_endpoint(ep.address)
+        scraper = self.scraper
+        if scraper is not None and scraper.running:
+            task = asyncio.get_running_loop().create_task(scraper.sync())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _discovery_ready(self, ready: bool) -> None:
+        """The pool vanished (not ready) or is back; the first sync is ``_become_ready``'s."""
+        if self._ready_task is None or not self._ready_task.done() or self._draining:
+            return
+        log.warning("picker %s", "ready: the pool is back" if ready else "not ready: no pool")
+        self._set_ready(ready)
+
+    def _set_ready(self, ready: bool) -> None:
+        self.health_status.set_ready(ready)
+        if self.grpcio is not None:
+            task = asyncio.get_running_loop().create_task(self.grpcio.sync_health())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def start(self) -> None:
         cfg = self.config
@@ -84,7 +127,12 @@ class PickerServer:
 
         if cfg.scrape.enabled:
             self.scraper = Scraper.from_config(cfg, self.datastore, self.metrics)
-            await self.scraper.start()
+            if self.discovery is None:
+                await self.scraper.start()
+        if self.discovery is not None:
+            # The scraper starts once discovery has listed the pods (``_become_ready``), so
+            # its first scrape of every pod found is what readiness waits for.
+            await self.discovery.start()
         await self.profile.start()
         self._ready_task = asyncio.create_task(self._become_ready())
         log.info(
@@ -117,8 +165,14 @@ class PickerServer:
         return Timeouts(t.handshake_timeout, t.idle_timeout, t.max_connections)
 
     async def _become_ready(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.synced.wait()
+            if self.scraper is not None:
+                await self.scraper.start()
         if self.scraper is not None:
             await self.scraper.first_scrape_done.wait()
+        if self.discovery is not None and not self.discovery.ready:
+            return  # the pool went away meanwhile; ``_discovery_ready`` sets it when back
         self.health_status.set_ready(True)
         if self.grpcio is not None:
             await self.grpcio.sync_health()
@@ -128,6 +182,7 @@ class PickerServer:
         """Graceful shutdown, first half: report not ready, refuse new streams, let open
         ones finish for up to ``timeout`` s. Returns how many were still open."""
         log.info("draining: not ready, finishing open streams (up to %.0f s)", timeout)
+        self._draining = True
         self.health_status.set_ready(False)
         if self._ready_task is not None:
             self._ready_task.cancel()
@@ -144,6 +199,11 @@ class PickerServer:
             self._ready_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ready_task
+        if self.discovery is not None:
+            await self.discovery.stop()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.scraper is not None:
             await self.scraper.stop()
         await self.profile.stop()

@@ -1,15 +1,25 @@
 """Endpoint state: what each model-server pod is doing, as far as picker knows.
 
-Two writers, never contending (one asyncio loop):
+Writers, never contending (one asyncio loop):
 - background scrapers replace ``Endpoint.metrics`` with a new immutable snapshot;
 - the request path increments/decrements ``Endpoint.inflight`` (picker's own count of
-  requests sent to the pod and not yet finished), which fills the gap between scrapes.
+  requests sent to the pod and not yet finished), which fills the gap between scrapes;
+- discovery (``picker.datalayer.discovery``) adds and removes endpoints of a pool at run
+  time (``Datastore.set_endpoints``). A pool's ``endpoints`` list is replaced, never
+  changed in place, so a reader holding the old list keeps a consistent one. A removed
+  ``Endpoint`` is marked ``removed`` (and not healthy) and never comes back: a pod that
+  returns at the same address gets a new object. Listeners (``add_listener``) hear of
+  every change once it is made: scrapers start and stop, plugins forget removed pods.
 The hot path only reads the rest.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,7 @@ class Endpoint:
     sent_since_scrape: int = 0
     healthy: bool = True  # False while metrics are stale or scrapes fail
     scrape_failures: int = 0
+    removed: bool = False  # taken out of the datastore (discovery); never routed again
 
     @property
     def host(self) -> str:
@@ -93,22 +104,35 @@ class Pool:
         return [e for e in self.endpoints if e.healthy]
 
 
+EndpointListener = Callable[[Sequence[Endpoint], Sequence[Endpoint]], None]
+"""Called with (added, removed) endpoints after each change of the datastore."""
+
+
 class Datastore:
-    """All pools and endpoints; maps a model ID to its pool."""
+    """All pools and endpoints; maps a model ID to its pool.
+
+    Static configuration builds it once; discovery changes a pool's endpoints at run
+    time with ``set_endpoints`` (or ``add_pool`` for a pool it finds).
+    """
 
     def __init__(self, pools: list[Pool]) -> None:
-        self.pools = pools
+        self.pools: list[Pool] = []
         self._by_model: dict[str, Pool] = {}
         self._wildcard: Pool | None = None
         self.by_address: dict[str, Endpoint] = {}
+        self._listeners: list[EndpointListener] = []
         for pool in pools:
-            for model in pool.models | pool.adapters:
-                if model == "*":
-                    self._wildcard = self._wildcard or pool
-                else:
-                    self._by_model.setdefault(model, pool)
-            for ep in pool.endpoints:
-                self.by_address[ep.address] = ep
+            self._index_pool(pool)
+
+    def _index_pool(self, pool: Pool) -> None:
+        self.pools.append(pool)
+        for model in pool.models | pool.adapters:
+            if model == "*":
+                self._wildcard = self._wildcard or pool
+            else:
+                self._by_model.setdefault(model, pool)
+        for ep in pool.endpoints:
+            self.by_address[ep.address] = ep
 
     def pool_for(self, model: str) -> Pool | None:
         """The pool serving ``model``, or None when no pool does (→ 404)."""
@@ -117,5 +141,95 @@ class Datastore:
             return pool
         return self._wildcard
 
+    def pool(self, name: str) -> Pool | None:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        return None
+
     def endpoints(self) -> list[Endpoint]:
         return list(self.by_address.values())
+
+    # --- run-time changes (discovery) ---------------------------------------------------
+
+    def add_listener(self, listener: EndpointListener) -> None:
+        """``listener(added, removed)`` runs after every change (on the loop's thread)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: EndpointListener) -> None:
+        self._listeners.remove(listener)
+
+    def add_pool(self, pool: Pool) -> None:
+        """Adds a pool (with its endpoints, if any) at run time."""
+        if self.pool(pool.name) is not None:
+            raise ValueError(f"pool {pool.name!r} exists already")
+        fresh = [ep for ep in pool.endpoints if ep.address not in self.by_address]
+        pool.endpoints = fresh
+        self._index_pool(pool)
+        if fresh:
+            self._notify(fresh, [])
+
+    def set_endpoints(
+        self, pool_name: str, addresses: Iterable[str]
+    ) -> tuple[list[Endpoint], list[Endpoint]]:
+        """Makes ``pool_name``'s endpoints exactly ``addresses``: endpoints already there
+        are kept as they are (metrics, in-flight counts), new ones are added, the others
+        removed. Returns (added, removed); listeners hear of them once."""
+        pool = self._pool(pool_name)
+        wanted = dict.fromkeys(addresses)
+        gone = [ep.address for ep in pool.endpoints if ep.address not in wanted]
+        return self.update_endpoints(pool_name, add=wanted, remove=gone)
+
+    def update_endpoints(
+        self, pool_name: str, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> tuple[list[Endpoint], list[Endpoint]]:
+        """Adds and removes endpoints of ``pool_name`` (addresses it already has, or does
+        not have, are left alone). Returns (added, removed); listeners hear of them once.
+        An address another pool has is not added (an address belongs to one pool)."""
+        pool = self._pool(pool_name)
+        current = {ep.address: ep for ep in pool.endpoints}
+        removed: list[Endpoint] = []
+        for address in remove:
+            ep = current.pop(address, None)
+            if ep is not None:
+                removed.append(ep)
+        added: list[Endpoint] = []
+        for address in add:
+            if address in current:
+                continue
+            other = self.by_address.get(address)
+            if other is not None and not (other.pool == pool_name and other in removed):
+                log.warning(
+                    "endpoint %s is in pool %s already; not added to %s",
+                    address,
+                    other.pool,
+                    pool_name,
+                )
+                continue
+            ep = current[address] = Endpoint(address=address, pool=pool_name)
+            added.append(ep)
+        if not added and not removed:
+            return [], []
+        for ep in removed:
+            ep.removed = True
+            ep.healthy = False
+            if self.by_address.get(ep.address) is ep:
+                del self.by_address[ep.address]
+        for ep in added:
+            self.by_address[ep.address] = ep
+        pool.endpoints = list(current.values())  # a new list: readers of the old one are fine
+        self._notify(added, removed)
+        return added, removed
+
+    def _pool(self, name: str) -> Pool:
+        pool = self.pool(name)
+        if pool is None:
+            raise KeyError(f"no pool {name!r}")
+        return pool
+
+    def _notify(self, added: Sequence[Endpoint], removed: Sequence[Endpoint]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(added, removed)
+            except Exception:  # one listener's bug must not stop the others
+                log.exception("datastore listener %r failed", listener)

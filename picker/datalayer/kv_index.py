@@ -255,6 +255,11 @@ class KVEventSubscriber:
                 log.exception("kv events from %s: cannot apply a batch", self.pod)
                 self.stream.reset()
 
+    def cancel(self) -> None:
+        """Stops feeding the index at once (``stop`` still closes the socket)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
@@ -331,6 +336,21 @@ class KVEvents:
         task = loop.create_task(self._subscribe(address))
         self._pending.add(task)  # keep a reference until done
         task.add_done_callback(self._pending.discard)
+
+    def forget(self, address: str) -> None:
+        """``address`` was removed: stop its subscriber and drop its blocks. A pod coming
+        back at the address is subscribed again by ``ensure``."""
+        sub = self.subscribers.pop(address, None)
+        if sub is not None:
+            sub.cancel()  # applies nothing more from now on; the socket closes below
+            task = asyncio.get_running_loop().create_task(self._stop_removed(sub))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        self.index.clear(address)
+
+    async def _stop_removed(self, sub: KVEventSubscriber) -> KVEventSubscriber | None:
+        await sub.stop()
+        return None
 
     async def stop(self) -> None:
         self._running = False

@@ -105,11 +105,14 @@ class Scraper:
         self.first_scrape_done = asyncio.Event()
         self._targets: dict[str, _Target] = {}
         self._monitor: asyncio.Task[None] | None = None
+        self._sync_lock = asyncio.Lock()  # one sync at a time: each sees the last one's end
 
     @classmethod
     def from_config(cls, config: Config, datastore: Datastore, metrics: Metrics) -> Scraper:
         """A scraper with the config's ``scrape`` settings and per-pool metric names."""
         overrides = {p.name: p.metrics for p in config.pools}
+        if config.discovery.enabled:
+            overrides[config.discovery.datastore_pool] = config.discovery.metrics
         s = config.scrape
         return cls(
             datastore,
@@ -130,6 +133,11 @@ class Scraper:
         if self._monitor is None:
             self._monitor = asyncio.create_task(self._monitor_loop(), name="scrape-monitor")
 
+    @property
+    def running(self) -> bool:
+        """Between ``start`` and ``stop``."""
+        return self._monitor is not None
+
     async def stop(self) -> None:
         tasks = [t.task for t in self._targets.values() if t.task is not None]
         if self._monitor is not None:
@@ -143,7 +151,15 @@ class Scraper:
         self._targets.clear()  # a later start() begins afresh
 
     async def sync(self) -> None:
-        """Starts tasks for endpoints new to the datastore and cancels removed ones."""
+        """Starts tasks for endpoints new to the datastore and cancels removed ones.
+
+        Safe to call at any time, also concurrently (calls run one after the other), e.g.
+        from a datastore listener whenever discovery adds or removes endpoints.
+        """
+        async with self._sync_lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
         current = {ep.address: ep for ep in self.datastore.endpoints()}
         pools = {p.name: p for p in self.datastore.pools}
         removed = [t for addr, t in self._targets.items() if current.get(addr) is not t.ep]
@@ -218,7 +234,7 @@ class Scraper:
         ep.sent_since_scrape = 0
         ep.scrape_failures = 0
         t.last_ok = now
-        if not ep.healthy:
+        if not ep.healthy and not ep.removed:
             ep.healthy = True
             log.warning("endpoint %s (pool %s) is healthy again", ep.address, ep.pool)
         return True

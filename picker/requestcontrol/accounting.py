@@ -85,7 +85,7 @@ class Accounting:
     def move(self, routed: Routed, new: Endpoint) -> None:
         """The proxy reports that ``new`` served (a fallback, after a retry)."""
         current = routed.served
-        if current is new or routed.finished:
+        if current is new or routed.finished or new.removed:
             return
         if current is not None:
             current.inflight -= 1
@@ -107,10 +107,13 @@ class Accounting:
         model = routed.request.model
         ep = routed.served
         if ep is not None:
+            # A removed endpoint (discovery) is detached: its counts drain here, and it
+            # gets no per-endpoint series again (its series were dropped with it).
             ep.inflight -= 1
             ep.inflight_tokens -= routed.tokens
-            klass = f"{status // 100}xx" if status else "reset"
-            m.child(m.endpoint_outcome_total, ep.address, klass).inc()
+            if not ep.removed:
+                klass = f"{status // 100}xx" if status else "reset"
+                m.child(m.endpoint_outcome_total, ep.address, klass).inc()
         m.child(m.running_requests, model).dec()
         outcome = "routed" if ok else ("reset" if status == 0 else "upstream_error")
         m.child(m.outcome_total, model, outcome, str(status)).inc()

@@ -19,7 +19,9 @@ overrides (decided once, when the profile is built):
 
 * ``start``/``stop``: background work (e.g. subscribing to KV events);
 * ``produce``: compute data for the request once, before any scorer (``DataProducer``);
-* ``on_pick``/``on_done``: learn from decisions and outcomes.
+* ``on_pick``/``on_done``: learn from decisions and outcomes;
+* ``on_endpoint_removed``: a pod left the datastore (discovery): forget what is kept
+  about it, so per-pod state does not outlive the pod.
 
 Plugins never mutate endpoint state; scores are plain lists aligned with the candidates.
 """
@@ -152,6 +154,10 @@ class Plugin:
 
     def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
         """``request``'s response from ``endpoint`` ended (``ok``: status < 500)."""
+
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        """``endpoint`` was removed from the datastore and will never be a candidate again
+        (a pod coming back at its address is a new ``Endpoint``)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -62,6 +62,9 @@ class MaxScorePicker(Picker):
         )
         return [chosen, *(candidates[i] for i in rest[: self.fallbacks])]
 
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        self._last.pop(endpoint.address, None)
+
 
 class PowerOfTwoPicker(_RandomizedPicker):
     """Samples two candidates at random and keeps the better-scored one."""

@@ -64,10 +64,12 @@ class Profile:
     plugins: list[Plugin] = field(default_factory=list)  # every instance, for the hooks
     _pick_observers: list[Plugin] = field(default_factory=list)
     _done_observers: list[Plugin] = field(default_factory=list)
+    _removal_observers: list[Plugin] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._pick_observers = [p for p in self.plugins if overrides(p, "on_pick")]
         self._done_observers = [p for p in self.plugins if overrides(p, "on_done")]
+        self._removal_observers = [p for p in self.plugins if overrides(p, "on_endpoint_removed")]
 
     def schedule(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         """Ranked endpoints for ``request`` (primary first); empty when none is eligible."""
@@ -90,8 +92,16 @@ class Profile:
             o.on_pick(request, endpoint)
 
     def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
+        if endpoint.removed:  # a late response from a removed pod: no plugin learns from it
+            return
         for o in self._done_observers:
             o.on_done(request, endpoint, ok)
+
+    def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
+        """Tells every plugin that keeps per-pod state that these pods are gone."""
+        for o in self._removal_observers:
+            for ep in endpoints:
+                o.on_endpoint_removed(ep)
 
     async def start(self) -> None:
         for p in self.plugins:

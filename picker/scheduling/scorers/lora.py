@@ -48,6 +48,9 @@ class LoraAffinityScorer(Scorer):
                 out.append(1.0 if recent is not None and adapter in recent else state / 2.0)
         return out
 
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        self._recent.pop(endpoint.address, None)
+
     def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:
         adapter = request.adapter
         if adapter is None:

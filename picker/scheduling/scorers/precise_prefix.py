@@ -106,6 +106,9 @@ class PrecisePrefixScorer(DataProducer, Scorer):
     async def stop(self) -> None:
         await self.events.stop()
 
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.events.forget(endpoint.address)
+
     def token_ids(self, request: InferenceRequest) -> list[int] | None:
         """The prompt token ids vLLM will hash, or None when picker cannot know them."""
         if request.token_ids is not None:

@@ -151,6 +151,21 @@ class PrefixIndex:
                 if not pods:
                     del where[old]
 
+    def forget(self, address: str) -> int:
+        """Drops every block recorded for ``address`` (a removed pod); returns how many."""
+        self.capacity_for.pop(address, None)
+        lru = self._lru.pop(address, None)
+        if not lru:
+            return 0
+        where = self._where
+        for h in lru:
+            pods = where.get(h)
+            if pods is not None:
+                pods.discard(address)
+                if not pods:
+                    del where[h]
+        return len(lru)
+
     def match(self, hashes: Sequence[int], addresses: Sequence[str]) -> dict[str, int]:
         """Longest matched prefix, in blocks, per address (only addresses with a match).
 
@@ -259,3 +274,8 @@ class PrefixScorer(DataProducer, Scorer):
             self.index.add(endpoint.address, match.hashes)
             if self._size_gauge is not None:
                 self._size_gauge.set(len(self.index))
+
+    def on_endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.index.forget(endpoint.address)
+        if self._size_gauge is not None:
+            self._size_gauge.set(len(self.index))
