@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--body-kb", type=int, default=220)
     ap.add_argument("--concurrency", default="20,150")
     ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--pods", type=int, default=4, help="echo backends (picker scores them)")
     ap.add_argument("--transport", default="native")
     ap.add_argument(
         "--tls",
@@ -63,11 +64,11 @@ def main() -> None:
     body = chat_body(args.body_kb)
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[dict[str, Any]] = []
-    with Stack(pods=1, backend="echo", target="round_robin", tls=False) as direct:
+    with Stack(pods=args.pods, backend="echo", target="round_robin", tls=False) as direct:
         pods = direct.pod_addresses
         base = {c: run(direct.port, body, c, args.duration) for c in levels}
         with Stack(
-            pods=1,
+            pods=args.pods,
             pod_addresses=pods,
             target="picker",
             picker_config={"scrape": {"enabled": False}, "transport": args.transport},
