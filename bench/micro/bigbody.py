@@ -23,19 +23,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from picker.config import load_config
 from picker.server import PickerServer
-from picker.transport.frames import PREFACE
+from picker.transport.frames import PREFACE, frame
 from picker.transport.h2 import H2GrpcProtocol, NativeServer
 
 PROCESS = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
-
-
-def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes((ftype, flags))
-        + struct.pack(">I", sid)
-        + payload
-    )
 
 
 def _grpc(msg: pb.ProcessingRequest) -> bytes:
@@ -57,7 +48,7 @@ def stream_bytes(sid: int, body: bytes, chunk: int, enc: hpack.Encoder) -> bytes
     """What Envoy sends on one ext_proc stream for one request."""
     fields = [(":method", "POST"), (":path", PROCESS), (":scheme", "http")]
     block = enc.encode([*fields, (":authority", "picker"), ("content-type", "application/grpc")])
-    out = [_frame(1, 4, sid, block)]
+    out = [frame(1, 4, sid, block)]
     h = pb.ProcessingRequest()
     for k, v in ((":path", "/v1/chat/completions"), (":method", "POST"),
                  ("content-type", "application/json")):  # fmt: skip
@@ -78,7 +69,7 @@ def stream_bytes(sid: int, body: bytes, chunk: int, enc: hpack.Encoder) -> bytes
     for i, m in enumerate(msgs):  # Envoy's DATA frames carry at most 16 KiB
         for off in range(0, len(m), 16384):
             last = i == len(msgs) - 1 and off + 16384 >= len(m)
-            out.append(_frame(0, 1 if last else 0, sid, m[off : off + 16384]))  # END_STREAM
+            out.append(frame(0, 1 if last else 0, sid, m[off : off + 16384]))  # END_STREAM
     return b"".join(out)
 
 
@@ -126,7 +117,7 @@ def main() -> None:
     proto.transport = sink  # type: ignore[assignment]
     proto.conn.initiate()
     # Envoy's HTTP/2 client: 256 MiB stream windows.
-    proto.conn.receive(PREFACE + _frame(4, 0, 0, struct.pack(">HI", 4, 1 << 28)))
+    proto.conn.receive(PREFACE + frame(4, 0, 0, struct.pack(">HI", 4, 1 << 28)))
     enc = hpack.Encoder()
     bodies = [chat_body(args.body_kb, i) for i in range(8)]  # distinct prompts
     streams = [
@@ -134,7 +125,7 @@ def main() -> None:
         for i in range(args.requests)
     ]
     # Envoy grants window as it reads; give plenty up front.
-    grant = _frame(8, 0, 0, struct.pack(">I", (1 << 31) - 1 - 65535))
+    grant = frame(8, 0, 0, struct.pack(">I", (1 << 31) - 1 - 65535))
     proto.conn.receive(grant)
 
     def run() -> None:

@@ -21,20 +21,12 @@ import h2.events
 import hpack
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
+from picker.transport.frames import frame
 from picker.transport.h2core import GrpcConnection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PATH = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 REPLY = b"\x0a\x00" * 20  # a 40-byte answer
-
-
-def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes((ftype, flags))
-        + struct.pack(">I", sid)
-        + payload
-    )
 
 
 def _grpc(n: int) -> bytes:
@@ -54,12 +46,12 @@ def envoy_bytes(requests: int) -> list[bytes]:
     ]
     # Envoy's SETTINGS (large stream windows) and connection window.
     settings = struct.pack(">HI", 4, 1 << 30)
-    out = [PREFACE + _frame(4, 0, 0, settings) + _frame(8, 0, 0, struct.pack(">I", 1 << 30))]
+    out = [PREFACE + frame(4, 0, 0, settings) + frame(8, 0, 0, struct.pack(">I", 1 << 30))]
     for i in range(requests):
         sid = 1 + 2 * i
         block = enc.encode(fields)
         body = _grpc(300) + _grpc(700) + _grpc(60)
-        out.append(_frame(1, 4, sid, block) + _frame(0, 1, sid, body))
+        out.append(frame(1, 4, sid, block) + frame(0, 1, sid, body))
     return out
 
 

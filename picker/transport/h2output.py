@@ -206,14 +206,11 @@ class ConnectionState:
                 self.finish(st.sid, GRPC_INTERNAL, "internal error")
 
     def _abort(self, st: Stream, status: int, message: str) -> None:
+        """Ends the stream with ``status`` and tells its handler it was cut short."""
         h = st.handler
         st.handler = None
         self.finish(st.sid, status, message)
-        if h is not None:
-            try:
-                h.on_reset()
-            except Exception:
-                log.exception("stream handler failed")
+        _tell_reset(h)
 
     def _release_buffered(self, st: Stream) -> None:
         self.buffered -= st.counted
@@ -254,11 +251,7 @@ class ConnectionState:
         st.handler = None
         self._release_buffered(st)
         self._forget(st)
-        if h is not None:
-            try:
-                h.on_reset()
-            except Exception:
-                log.exception("stream handler failed")
+        _tell_reset(h)
 
     def _forget(self, st: Stream) -> None:
         if self.streams.get(st.sid) is st:
@@ -277,3 +270,12 @@ class ConnectionState:
         self.closed = True
         for st in list(self.streams.values()):
             self._drop(st)
+
+
+def _tell_reset(handler: StreamHandler | None) -> None:
+    """``handler.on_reset()``; a failing handler is logged, never propagated."""
+    if handler is not None:
+        try:
+            handler.on_reset()
+        except Exception:
+            log.exception("stream handler failed")

@@ -45,21 +45,6 @@ class Frame:
     payload: bytes
 
 
-def request_headers(path: str = PROCESS) -> bytes:
-    enc = hpack.Encoder()
-    block: bytes = enc.encode(
-        [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "picker"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ]
-    )
-    return block
-
-
 class H2Client:
     def __init__(self, port: int, *, read: bool = True, handshake: bool = True) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
