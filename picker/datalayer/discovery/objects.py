@@ -83,7 +83,9 @@ def object_name(obj: Any) -> str:
 
 
 def resource_version(obj: Any) -> str:
-    rv = _metadata(obj).get("resourceVersion")
+    """``metadata.resourceVersion`` ("" when absent; bookmarks have no name)."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
     return rv if isinstance(rv, str) else ""
 
 

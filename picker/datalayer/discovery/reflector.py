@@ -164,7 +164,7 @@ class Reflector(Generic[T]):
             field_selector=self.field_selector,
             timeout_seconds=self.watch_timeout,
         ):
-            rv = resource_version(ev.object) if "metadata" in ev.object else ""
+            rv = resource_version(ev.object)
             if ev.type == "BOOKMARK":
                 if rv:
                     self.version = rv

@@ -1,0 +1,150 @@
+"""Kubernetes objects as the API server returns them, for the fake API server
+(``bench.stack.fakekube``): a vLLM-like Pod and an InferencePool v1 (the CRD's shape in
+kubernetes-sigs/gateway-api-inference-extension ``config/crd/bases``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+POOL_GROUP = "inference.networking.k8s.io"
+
+
+def pod_object(
+    ns: str,
+    name: str,
+    ip: str,
+    labels: Mapping[str, str],
+    ready: bool = True,
+    annotations: Mapping[str, str] | None = None,
+    ports: tuple[int, ...] = (8000,),
+    uid: int = 0,
+) -> dict[str, Any]:
+    """A Pod as the API server returns it (vLLM-like; ~3 KB of JSON, as real ones are)."""
+    flag = "True" if ready else "False"
+    t = "2026-01-01T00:00:00Z"
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": name,
+            "generateName": name.rsplit("-", 1)[0] + "-",
+            "namespace": ns,
+            "uid": f"00000000-0000-4000-8000-{uid:012d}",
+            "resourceVersion": "",
+            "creationTimestamp": t,
+            "labels": dict(labels),
+            "annotations": dict(annotations or {}),
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": name.rsplit("-", 1)[0],
+                    "uid": "00000000-0000-4000-8000-000000000000",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+            "managedFields": [
+                {
+                    "manager": "kube-controller-manager",
+                    "operation": "Update",
+                    "apiVersion": "v1",
+                    "time": t,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {
+                        "f:metadata": {"f:labels": {k: {} for k in labels}},
+                        "f:spec": {"f:containers": {'k:{"name":"vllm"}': {}}},
+                    },
+                },
+                {
+                    "manager": "kubelet",
+                    "operation": "Update",
+                    "apiVersion": "v1",
+                    "time": t,
+                    "fieldsType": "FieldsV1",
+                    "subresource": "status",
+                    "fieldsV1": {"f:status": {"f:conditions": {}, "f:podIP": {}, "f:podIPs": {}}},
+                },
+            ],
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "vllm",
+                    "image": "vllm/vllm-openai:v0.11.0",
+                    "args": ["--model", "meta-llama/Llama-3.1-8B-Instruct", "--port", "8000"],
+                    "ports": [{"containerPort": p, "protocol": "TCP"} for p in ports],
+                    "env": [
+                        {"name": "VLLM_USE_V1", "value": "1"},
+                        {"name": "HF_HOME", "value": "/data"},
+                    ],
+                    "resources": {
+                        "limits": {"nvidia.com/gpu": "1"},
+                        "requests": {"nvidia.com/gpu": "1"},
+                    },
+                    "readinessProbe": {
+                        "httpGet": {"path": "/health", "port": ports[0]},
+                        "periodSeconds": 5,
+                    },
+                    "terminationMessagePath": "/dev/termination-log",
+                    "imagePullPolicy": "IfNotPresent",
+                }
+            ],
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "serviceAccountName": "default",
+            "nodeName": "gpu-node-1",
+            "schedulerName": "default-scheduler",
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": t},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": t},
+                {"type": "Ready", "status": flag, "lastTransitionTime": t},
+                {"type": "ContainersReady", "status": flag, "lastTransitionTime": t},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
+            ],
+            "hostIP": "10.0.0.1",
+            "hostIPs": [{"ip": "10.0.0.1"}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": t,
+            "qosClass": "BestEffort",
+        },
+    }
+
+
+def pool_object(
+    ns: str,
+    name: str,
+    match_labels: Mapping[str, str],
+    target_ports: tuple[int, ...] = (8000,),
+    uid: int = 0,
+) -> dict[str, Any]:
+    """An InferencePool v1 (the CRD's shape: selector.matchLabels, targetPorts[].number)."""
+    return {
+        "apiVersion": f"{POOL_GROUP}/v1",
+        "kind": "InferencePool",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "uid": f"00000000-0000-4000-9000-{uid:012d}",
+            "resourceVersion": "",
+            "generation": 1,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {
+            "selector": {"matchLabels": dict(match_labels)},
+            "targetPorts": [{"number": p} for p in target_ports],
+            "endpointPickerRef": {
+                "group": "",
+                "kind": "Service",
+                "name": f"{name}-epp",
+                "port": {"number": 9002},
+                "failureMode": "FailClose",
+            },
+        },
+        "status": {"parents": []},
+    }
