@@ -29,6 +29,7 @@ See README.md for every key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import yaml
 
 from picker.datalayer.datastore import Datastore, Endpoint, Pool
+from picker.datalayer.discovery.objects import POOL_VERSIONS
 from picker.datalayer.discovery.selector import parse as parse_selector
 from picker.request.types import Criticality
 from picker.transport.tls import TLSConfig
@@ -94,6 +96,10 @@ class TransportConfig:
     max_connections: int = 1024
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
 @dataclass
 class DiscoveryConfig:
     """Endpoints from the cluster (``picker.datalayer.discovery``); off when both
@@ -124,6 +130,15 @@ class DiscoveryConfig:
     def validate(self) -> None:
         if self.pool_name and self.endpoint_selector:
             raise ValueError("give either --pool-name or --endpoint-selector, not both")
+        if self.pool_name and not _DNS_NAME.match(self.pool_name):
+            raise ValueError(f"--pool-name {self.pool_name!r} is not a valid object name")
+        if self.pool_namespace and not _DNS_LABEL.match(self.pool_namespace):
+            raise ValueError(f"--pool-namespace {self.pool_namespace!r} is not a valid namespace")
+        if self.pool_name and self.pool_group not in POOL_VERSIONS:
+            raise ValueError(
+                f"--pool-group {self.pool_group!r} is not supported; "
+                f"known: {', '.join(sorted(POOL_VERSIONS))}"
+            )
         if self.endpoint_selector:
             if parse_selector(self.endpoint_selector).empty:
                 raise ValueError("--endpoint-selector is empty")

@@ -60,3 +60,42 @@ def test_bad_input_exits_2_with_a_message(
 ) -> None:
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_discovery_flags_of_the_endpoint_picker() -> None:
+    cfg = cfg_of(
+        "--pool-name", "vllm-llama3-8b-instruct", "--pool-namespace", "llm",
+        "--pool-group", "inference.networking.k8s.io", "--kube-api-server", "http://127.0.0.1:1",
+    )  # fmt: skip
+    d = cfg.discovery
+    assert d.enabled and not cfg.pools
+    assert (d.pool_name, d.pool_namespace, d.pool_group) == (
+        "vllm-llama3-8b-instruct",
+        "llm",
+        "inference.networking.k8s.io",
+    )
+    assert d.api_server == "http://127.0.0.1:1"
+    cfg = cfg_of("--endpoint-selector", "app=vllm", "--endpoint-target-ports", "8000,8001,8000")
+    assert cfg.discovery.endpoint_selector == "app=vllm"
+    assert cfg.discovery.endpoint_target_ports == [8000, 8001]
+    ds = cfg.datastore()
+    assert [p.name for p in ds.pools] == ["endpoint-selector"] and ds.pool_for("any") is not None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--pool-name", "p", "--endpoint-selector", "a=b"], "either --pool-name or"),
+        (["--endpoint-selector", "a=b"], "1 to 8 port numbers"),
+        (["--endpoint-selector", "a=b", "--endpoint-target-ports", "80,x"], "'x' is not a port"),
+        (["--endpoint-selector", "a in (b", "--endpoint-target-ports", "80"], "parentheses"),
+        (["--pool-name", "p", "--pool-group", "example.com"], "not supported"),
+        (["--pool-name", "p", "--kube-api-server", "ftp://x"], "http(s)://"),
+        (["--pool-name", "Not_A_Name", "--kube-api-server", "http://x"], "not a valid"),
+    ],
+)
+def test_bad_discovery_flags_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", *argv]) == 2
+    assert message in capsys.readouterr().err
