@@ -40,6 +40,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8001, help="first port; 0 = any free port")
     ap.add_argument("--ports", default="", help="comma-separated ports, one per pod")
+    ap.add_argument(
+        "--addresses",
+        default="",
+        help="comma-separated host:port, one per pod (pods on several loopback IPs)",
+    )
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--speed", default="1", help="speed factor, one or one per pod")
     ap.add_argument("--time-scale", type=float, default=1.0, help="10 = 10x faster")
@@ -65,7 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def configs_from_args(args: argparse.Namespace) -> list[SimPodConfig]:
-    ports = [int(p) for p in _names(args.ports)]
+    addresses = [a.rpartition(":") for a in _names(args.addresses)]
+    hosts = [h for h, _, _ in addresses]
+    ports = [int(p) for _, _, p in addresses] or [int(p) for p in _names(args.ports)]
     n = args.pods if args.pods is not None else (len(ports) or 1)
     if ports and len(ports) != n:
         raise SystemExit(f"--ports lists {len(ports)} ports for {n} pods")
@@ -80,7 +87,7 @@ def configs_from_args(args: argparse.Namespace) -> list[SimPodConfig]:
     return [
         SimPodConfig(
             model=args.model,
-            host=args.host,
+            host=hosts[i] if hosts else args.host,
             port=ports[i],
             speed=speeds[i],
             time_scale=args.time_scale,

@@ -5,8 +5,9 @@ Two modes, as the reference endpoint picker has:
 * **InferencePool** (``--pool-name``): watch the pool (a list+watch with the field
   selector ``metadata.name=<name>``) and, once it exists, the pods of its namespace that
   its ``selector`` matches. Endpoints are the Ready pods' ``PodIP:targetPort`` (see
-  ``objects``). A changed selector drops at once the cached pods it no longer matches
-  and lists the pods again with the new one; changed ``targetPorts`` recompute every
+  ``objects``). A changed selector lists and watches the pods again with the new one,
+  which replaces the old pod set in one step once listed (the old set serves until
+  then: never an empty pool in between); changed ``targetPorts`` recompute every
   endpoint from the watched pods (the watch cache is the server's state, as the
   reference's informer cache is). A deleted pool (or one being deleted) empties the
   datastore pool and stops the pod watch until the pool is back.
@@ -101,6 +102,11 @@ class Discovery:
         self.pod_reflector: Reflector[PodInfo] | None = None
         self._pool_task: asyncio.Task[None] | None = None
         self._pod_task: asyncio.Task[None] | None = None
+        self._selector = self.spec.selector if self.spec is not None else Selector(())
+        # A watch for a changed selector, until it has listed and takes over.
+        self._next: Reflector[PodInfo] | None = None
+        self._next_task: asyncio.Task[None] | None = None
+        self._next_selector = Selector(())
         self._stopping: set[asyncio.Task[None]] = set()  # cancelled pod watches winding down
         self._by_pod: dict[str, tuple[str, ...]] = {}  # pod name → its endpoints
         self._refs: Counter[str] = Counter()  # address → pods claiming it
@@ -118,7 +124,8 @@ class Discovery:
 
     async def start(self) -> None:
         if self.inference_pool is None:
-            self._start_pods()
+            assert self.spec is not None
+            self._start_pods(self.spec.selector)
             return
         self.pool_reflector = Reflector(
             self.client,
@@ -136,9 +143,9 @@ class Discovery:
         self._pool_task = asyncio.create_task(self.pool_reflector.run(), name="discovery-pool")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._pool_task, self._pod_task) if t is not None]
+        tasks = [t for t in (self._pool_task, self._pod_task, self._next_task) if t is not None]
         tasks += self._stopping
-        self._pool_task = self._pod_task = None
+        self._pool_task = self._pod_task = self._next_task = None
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -184,11 +191,7 @@ class Discovery:
                 spec.selector,
                 ",".join(map(str, spec.target_ports)),
             )
-            # Drop now what the new selector excludes; the new list adds what it includes.
-            cached = self.pod_reflector.objects if self.pod_reflector is not None else {}
-            self._stop_pods()
-            self._replace({n: p for n, p in cached.items() if spec.selector.matches(p.labels)})
-            self._start_pods()
+            self._start_pods(spec.selector)
         elif old.target_ports != spec.target_ports:
             log.info(
                 "InferencePool %s/%s: target ports %s",
@@ -201,34 +204,54 @@ class Discovery:
 
     # --- the pods ---------------------------------------------------------------------
 
-    def _start_pods(self) -> None:
-        assert self.spec is not None
+    def _start_pods(self, selector: Selector) -> None:
+        """Lists and watches the pods ``selector`` matches. With a watch already running
+        (the pool's selector changed), the new one takes over once it has listed: until
+        then the old pod set keeps serving, so a switch to disjoint pods never leaves
+        the pool empty in between."""
         reflector: Reflector[PodInfo] = Reflector(
             self.client,
             self.pods_path,
             pod_info,
             on_replace=lambda objs: self._pods_listed(reflector, objs),
             on_event=lambda kind, name, pod: self._pod_event(reflector, name, pod),
-            label_selector=str(self.spec.selector),
+            label_selector=str(selector),
             max_objects=self.max_pods,
             watch_timeout=self.watch_timeout,
             backoff=self._backoff(),
             sleep=self._sleep,
-            name=f"pods {self.namespace} ({self.spec.selector})",
+            name=f"pods {self.namespace} ({selector})",
         )
-        self.pod_reflector = reflector
-        self._pod_task = asyncio.create_task(reflector.run(), name="discovery-pods")
+        task = asyncio.create_task(reflector.run(), name=f"discovery-pods {selector}")
+        self._cancel(self._next_task)  # an earlier switch that has not listed yet
+        if self.pod_reflector is None:
+            self.pod_reflector, self._selector, self._pod_task = reflector, selector, task
+            self._next, self._next_task = None, None
+        else:
+            self._next, self._next_selector, self._next_task = reflector, selector, task
 
-    def _stop_pods(self) -> None:
-        task, self._pod_task = self._pod_task, None
+    def _cancel(self, task: asyncio.Task[None] | None) -> None:
         if task is not None:
             task.cancel()  # its callbacks never run again (they check their reflector too)
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
-        self.pod_reflector = None
+
+    def _stop_pods(self) -> None:
+        self._cancel(self._pod_task)
+        self._cancel(self._next_task)
+        self._pod_task = self._next_task = None
+        self.pod_reflector = self._next = None
 
     def _pods_listed(self, reflector: Reflector[PodInfo], pods: dict[str, PodInfo]) -> None:
-        if reflector is not self.pod_reflector:
+        if reflector is self._next:  # the new selector's pods are known: switch over
+            self._cancel(self._pod_task)
+            self.pod_reflector, self._selector, self._pod_task = (
+                reflector,
+                self._next_selector,
+                self._next_task,
+            )
+            self._next, self._next_task = None, None
+        elif reflector is not self.pod_reflector:
             return
         self._replace(pods)
         log.info(
@@ -255,7 +278,7 @@ class Discovery:
 
     def _endpoints_of(self, pod: PodInfo | None) -> tuple[str, ...]:
         spec = self.spec
-        if pod is None or spec is None or not spec.selector.matches(pod.labels):
+        if pod is None or spec is None or not self._selector.matches(pod.labels):
             return ()
         return pod.endpoints(spec.target_ports)
 

@@ -252,3 +252,20 @@ async def test_pagination_lists_every_page(kube: FakeKube) -> None:
         assert len(pages) == 3 and "continue" in pages[2]
     finally:
         await h.discovery.stop()
+
+
+async def test_selector_switch_never_empties_the_pool(kube: FakeKube, harness: Harness) -> None:
+    kube.add_pod(NS, "a", "10.0.0.1", APP)
+    kube.add_pod(NS, "b", "10.0.0.2", {"app": "vllm-v2"})
+    await start(harness)
+    kube.fail_next(*[500] * 10_000)  # the new selector's list fails until cleared
+    kube.set_pool(NS, POOL, {"app": "vllm-v2"}, (8000,))
+    await until(lambda: len(harness.delays) >= 2)
+    assert harness.addresses() == {"10.0.0.1:8000"}  # the old pods serve meanwhile
+    kube.delete_pod(NS, "a")  # ... and are still watched
+    await harness.settle(set())
+    kube.add_pod(NS, "a", "10.0.0.1", APP)
+    await harness.settle({"10.0.0.1:8000"})
+    kube.failures.clear()
+    await harness.settle({"10.0.0.2:8000"})  # then one switch, old out and new in
+    assert harness.changes[-1] == (["10.0.0.2:8000"], ["10.0.0.1:8000"])
