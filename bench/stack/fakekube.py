@@ -33,14 +33,15 @@ import contextlib
 import copy
 import itertools
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from bench.stack.kubeobjects import POOL_GROUP, pod_object, pool_object
+from bench.stack.kubeobjects import POOL_GROUP, field_selector, matches, pod_object, pool_object
+from bench.stack.kubeobjects import status as status_object
 from picker.datalayer.discovery.selector import Selector, parse
 
 POOLS = (POOL_GROUP, "v1", "inferencepools")
@@ -48,16 +49,9 @@ PODS = ("", "v1", "pods")
 Resource = tuple[str, str, str]  # group, version, plural
 
 
-def status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
+def go_bool(text: str) -> bool:
+    """A query flag as the API server (Go's strconv.ParseBool) reads it."""
+    return text in ("1", "t", "T", "true", "TRUE", "True")
 
 
 @dataclass
@@ -77,30 +71,6 @@ class _Watch:
     fields: dict[str, tuple[str, bool]]
     bookmarks: bool
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
-
-
-def _fields(text: str) -> dict[str, tuple[str, bool]]:
-    """``metadata.name=x,metadata.namespace!=y`` → {field: (value, equal)}."""
-    out: dict[str, tuple[str, bool]] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        for op in ("!=", "==", "="):
-            key, sep, value = part.partition(op)
-            if sep:
-                if key not in ("metadata.name", "metadata.namespace"):
-                    raise ValueError(f'field label not supported: "{key}"')
-                out[key] = (value, op != "!=")
-                break
-        else:
-            raise ValueError(f"invalid field selector {part!r}")
-    return out
-
-
-def _matches(obj: Mapping[str, Any], labels: Selector, fields: Mapping[str, Any]) -> bool:
-    meta = obj["metadata"]
-    for key, (value, equal) in fields.items():
-        if (meta[key.split(".", 1)[1]] == value) != equal:
-            return False
-    return labels.matches(meta.get("labels") or {})
 
 
 class FakeKube:
@@ -136,8 +106,16 @@ class FakeKube:
 
     # --- server -----------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra: Callable[[web.Application], None] | None = None,
+    ) -> str:
+        """Listens; ``extra`` may add routes (e.g. a benchmark's control endpoint)."""
         app = web.Application()
+        if extra is not None:
+            extra(app)
         app.router.add_get("/api/v1/namespaces/{ns}/{plural}", self._collection)
         app.router.add_get("/api/v1/namespaces/{ns}/{plural}/{name}", self._one)
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._collection)
@@ -296,7 +274,7 @@ class FakeKube:
 
     def _error(self, code: int, reason: str, message: str) -> web.Response:
         return web.Response(
-            status=code, body=orjson.dumps(status(code, reason, message)),
+            status=code, body=orjson.dumps(status_object(code, reason, message)),
             content_type="application/json",
         )  # fmt: skip
 
@@ -332,11 +310,11 @@ class FakeKube:
         q = request.query
         try:
             labels = parse(q.get("labelSelector", ""))
-            fields = _fields(q.get("fieldSelector", ""))
+            fields = field_selector(q.get("fieldSelector", ""))
         except ValueError as e:
             return self._error(400, "BadRequest", str(e))
         ns = request.match_info["ns"]
-        if q.get("watch") in ("1", "true"):
+        if go_bool(q.get("watch", "")):
             return await self._watch(request, res, ns, labels, fields)
         return self._list(res, ns, labels, fields, q)
 
@@ -364,7 +342,7 @@ class FakeKube:
             items = [
                 copy.deepcopy(store[k])
                 for k in sorted(store)
-                if k[0] == ns and _matches(store[k], labels, fields)
+                if k[0] == ns and matches(store[k], labels, fields)
             ]
         limit = int(q.get("limit") or 0)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
@@ -388,8 +366,8 @@ class FakeKube:
     def _event_line(self, w: _Watch, c: _Change) -> bytes | None:
         if c.resource != w.resource or c.namespace != w.namespace:
             return None
-        was = c.old is not None and _matches(c.old, w.labels, w.fields)
-        now = c.new is not None and _matches(c.new, w.labels, w.fields)
+        was = c.old is not None and matches(c.old, w.labels, w.fields)
+        now = c.new is not None and matches(c.new, w.labels, w.fields)
         if now:
             kind, obj = ("MODIFIED" if was else "ADDED"), c.new
         elif was:  # deleted, or no longer matching: DELETED (with its last state)
@@ -424,12 +402,14 @@ class FakeKube:
         gone = since is not None and since < self.compacted
         if gone and self.gone_as_http:
             return self._error(410, "Expired", f"too old resource version: {since}")
-        w = _Watch(res, ns, labels, fields, q.get("allowWatchBookmarks") == "true")
+        w = _Watch(res, ns, labels, fields, go_bool(q.get("allowWatchBookmarks", "")))
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         if gone:
-            err = status(410, "Expired", f"too old resource version: {since} ({self.compacted})")
+            err = status_object(
+                410, "Expired", f"too old resource version: {since} ({self.compacted})"
+            )
             await resp.write(orjson.dumps({"type": "ERROR", "object": err}) + b"\n")
             await resp.write_eof()
             return resp

@@ -7,7 +7,45 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from picker.datalayer.discovery.selector import Selector
+
 POOL_GROUP = "inference.networking.k8s.io"
+
+
+def status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+def field_selector(text: str) -> dict[str, tuple[str, bool]]:
+    """``metadata.name=x,metadata.namespace!=y`` → {field: (value, equal)}."""
+    out: dict[str, tuple[str, bool]] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        for op in ("!=", "==", "="):
+            key, sep, value = part.partition(op)
+            if sep:
+                if key not in ("metadata.name", "metadata.namespace"):
+                    raise ValueError(f'field label not supported: "{key}"')
+                out[key] = (value, op != "!=")
+                break
+        else:
+            raise ValueError(f"invalid field selector {part!r}")
+    return out
+
+
+def matches(obj: Mapping[str, Any], labels: Selector, fields: Mapping[str, Any]) -> bool:
+    meta = obj["metadata"]
+    for key, (value, equal) in fields.items():
+        if (meta[key.split(".", 1)[1]] == value) != equal:
+            return False
+    return labels.matches(meta.get("labels") or {})
 
 
 def pod_object(

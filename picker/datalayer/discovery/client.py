@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,7 +184,7 @@ class KubeClient:
         field_selector: str = "",
         timeout_seconds: int = 300,
         bookmarks: bool = True,
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Events after ``resource_version`` until the server ends the watch.
 
         An ``ERROR`` event raises (``Gone`` for 410); so do a dropped connection, a line
