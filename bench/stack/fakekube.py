@@ -32,6 +32,7 @@ import base64
 import contextlib
 import copy
 import itertools
+import ssl
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -111,8 +112,10 @@ class FakeKube:
         host: str = "127.0.0.1",
         port: int = 0,
         extra: Callable[[web.Application], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> str:
-        """Listens; ``extra`` may add routes (e.g. a benchmark's control endpoint)."""
+        """Listens (HTTPS with ``ssl_context``); ``extra`` may add routes (e.g. a
+        benchmark's control endpoint)."""
         app = web.Application()
         if extra is not None:
             extra(app)
@@ -122,10 +125,10 @@ class FakeKube:
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", self._one)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
-        self.url = f"http://{host}:{bound[1]}"
+        self.url = f"{'https' if ssl_context else 'http'}://{host}:{bound[1]}"
         if self.bookmark_interval:
             self._ticker = asyncio.create_task(self._tick(self.bookmark_interval))
         return self.url

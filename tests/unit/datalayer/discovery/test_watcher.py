@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 import pytest
 
 from bench.stack.fakekube import FakeKube
+from picker.datalayer.discovery import client as client_module
 from picker.datalayer.discovery.client import KubeClient
 from picker.datalayer.discovery.kubeconfig import KubeConfig
 from tests.unit.datalayer.discovery.conftest import APP, NS, POOL, Harness, make, until
+from tests.unit.transport.certs import CA
 
 
 async def start(h: Harness) -> None:
@@ -269,3 +274,43 @@ async def test_selector_switch_never_empties_the_pool(kube: FakeKube, harness: H
     kube.failures.clear()
     await harness.settle({"10.0.0.2:8000"})  # then one switch, old out and new in
     assert harness.changes[-1] == (["10.0.0.2:8000"], ["10.0.0.1:8000"])
+
+
+async def test_https_with_ca_and_a_rotating_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = CA()
+    cert, key = ca.write(tmp_path / "tls", "kube-apiserver")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    (tmp_path / "ca.crt").write_bytes(ca.pem)
+    (tmp_path / "token").write_text("first\n")
+    fk = FakeKube(token="first")
+    await fk.start(ssl_context=server_ctx)
+    monkeypatch.setattr(client_module, "TOKEN_REFRESH", 0.0)  # re-read on every request
+    fk.set_pool(NS, POOL, APP, (8000,))
+    fk.add_pod(NS, "a", "10.0.0.1", APP)
+    conf = KubeConfig(fk.url, token_file=str(tmp_path / "token"), ca_file=str(tmp_path / "ca.crt"))
+    h = make(fk, client=KubeClient(conf))
+    untrusted = make(fk, client=KubeClient(KubeConfig(fk.url, token="first")))
+    try:
+        assert fk.url.startswith("https://")
+        await start(h)
+        assert h.addresses() == {"10.0.0.1:8000"}
+        # The token rotates: the file changes, the server accepts only the new one.
+        (tmp_path / "token").write_text("second\n")
+        fk.token = "second"
+        await until(lambda: len(fk.watches) == 2)
+        fk.drop_watches()
+        fk.add_pod(NS, "b", "10.0.0.2", APP)
+        await h.settle({"10.0.0.1:8000", "10.0.0.2:8000"})
+        # A client that does not trust the server's CA never syncs.
+        await untrusted.discovery.start()
+        await until(lambda: len(untrusted.delays) >= 2)
+        assert not untrusted.discovery.synced.is_set()
+        pool = untrusted.discovery.pool_reflector
+        assert pool is not None and "CERTIFICATE_VERIFY_FAILED" in pool.last_error
+    finally:
+        await h.discovery.stop()
+        await untrusted.discovery.stop()
+        await fk.stop()
