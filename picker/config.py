@@ -39,6 +39,7 @@ import yaml
 from picker.datalayer.datastore import Datastore, Endpoint, Pool
 from picker.datalayer.discovery.objects import POOL_VERSIONS
 from picker.datalayer.discovery.selector import parse as parse_selector
+from picker.datalayer.objectives import ObjectiveStore, RewriteRule, criticality_of, static_rewrites
 from picker.request.types import Criticality
 from picker.transport.tls import TLSConfig
 
@@ -185,9 +186,12 @@ class Config:
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     flow_control: FlowControlConfig = field(default_factory=FlowControlConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
-    # model ID or adapter name → default criticality (overridden by the request header)
+    # model ID, adapter or objective name → criticality (a name, or an objective's
+    # integer priority); see docs/objectives.md
     criticality: dict[str, Criticality] = field(default_factory=dict)
     default_criticality: Criticality = Criticality.STANDARD
+    # model ID → weighted target models (docs/objectives.md)
+    model_rewrites: dict[str, RewriteRule] = field(default_factory=dict)
 
     def check_discovery(self) -> None:
         """Discovery settings are valid and fit with the static pools (if any)."""
@@ -221,7 +225,7 @@ class Config:
         if d.enabled:
             # The endpoint picker routes any model its pool serves: the pool serves "*".
             pools.append(Pool(name=d.datastore_pool, endpoints=[], model_server=d.model_server))
-        return Datastore(pools)
+        return Datastore(pools, ObjectiveStore(self.model_rewrites))
 
 
 def normalize_address(addr: str) -> str:
@@ -233,12 +237,15 @@ def normalize_address(addr: str) -> str:
     return f"{host}:{int(port)}"
 
 
-def parse_criticality(value: str) -> Criticality:
+def parse_criticality(value: str | int) -> Criticality:
+    """A criticality name, or an InferenceObjective priority (an integer)."""
+    if isinstance(value, int):
+        return criticality_of(value)
     try:
         return Criticality[value.strip().upper()]
     except KeyError:
         raise ValueError(
-            f"criticality {value!r} is not one of critical, standard, sheddable"
+            f"criticality {value!r} is not one of critical, standard, sheddable, or a priority"
         ) from None
 
 
@@ -290,7 +297,11 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
             FlowControlConfig, dict(data.pop("flow_control")), "flow_control"
         )
     for model, crit in dict(data.pop("criticality", {}) or {}).items():
-        cfg.criticality[str(model)] = parse_criticality(str(crit))
+        cfg.criticality[str(model)] = parse_criticality(
+            crit if isinstance(crit, int) else str(crit)
+        )
+    if "model_rewrites" in data:
+        cfg.model_rewrites = static_rewrites(dict(data.pop("model_rewrites") or {}))
     if "default_criticality" in data:
         cfg.default_criticality = parse_criticality(str(data.pop("default_criticality")))
     for key in ("grpc_host", "metrics_host", "transport"):

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from picker.datalayer.objectives import ObjectiveStore
+
 log = logging.getLogger(__name__)
 
 
@@ -115,8 +117,10 @@ class Datastore:
     time with ``set_endpoints`` (or ``add_pool`` for a pool it finds).
     """
 
-    def __init__(self, pools: list[Pool]) -> None:
+    def __init__(self, pools: list[Pool], objectives: ObjectiveStore | None = None) -> None:
         self.pools: list[Pool] = []
+        # Objectives and model rewrites (static config, and the cluster's CRDs).
+        self.objectives = objectives if objectives is not None else ObjectiveStore()
         self._by_model: dict[str, Pool] = {}
         self._wildcard: Pool | None = None
         self.by_address: dict[str, Endpoint] = {}

@@ -14,6 +14,9 @@ Two modes, as the reference endpoint picker has:
 * **selector only** (``--endpoint-selector`` + ``--endpoint-target-ports``): the pods
   the selector matches, on those ports; no InferencePool.
 
+In pool mode the pool's ``InferenceObjective`` and ``InferenceModelRewrite`` objects are
+watched too (``objectives``; optional CRDs), into the datastore's ``ObjectiveStore``.
+
 ``synced`` is set once the pool (in pool mode) and its pods have been listed;
 ``ready`` is true while that holds (false again while the pool is missing), and
 ``on_ready`` hears each change. Everything runs on the event loop; datastore updates
@@ -33,6 +36,7 @@ from typing import Any
 
 from picker.datalayer.datastore import Datastore
 from picker.datalayer.discovery.client import KubeClient
+from picker.datalayer.discovery.objectives import ObjectiveWatch
 from picker.datalayer.discovery.objects import (
     POOL_GROUP,
     POOL_VERSIONS,
@@ -110,6 +114,19 @@ class Discovery:
         self._stopping: set[asyncio.Task[None]] = set()  # cancelled pod watches winding down
         self._by_pod: dict[str, tuple[str, ...]] = {}  # pod name → its endpoints
         self._refs: Counter[str] = Counter()  # address → pods claiming it
+        # The pool's InferenceObjectives and InferenceModelRewrites (optional CRDs).
+        self.objectives: ObjectiveWatch | None = None
+        if inference_pool is not None:
+            self.objectives = ObjectiveWatch(
+                client,
+                datastore.objectives,
+                namespace,
+                inference_pool,
+                pool_group,
+                watch_timeout=watch_timeout,
+                backoff=backoff,
+                sleep=sleep,
+            )
 
     @property
     def pods_path(self) -> str:
@@ -141,6 +158,8 @@ class Discovery:
             name=f"InferencePool {self.namespace}/{self.inference_pool}",
         )
         self._pool_task = asyncio.create_task(self.pool_reflector.run(), name="discovery-pool")
+        if self.objectives is not None:
+            self.objectives.start()
 
     async def stop(self) -> None:
         tasks = [t for t in (self._pool_task, self._pod_task, self._next_task) if t is not None]
@@ -151,6 +170,8 @@ class Discovery:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.objectives is not None:
+            await self.objectives.stop()
         await self.client.close()
 
     # --- the pool ---------------------------------------------------------------------

@@ -14,6 +14,10 @@ The client-go reflector's loop, on asyncio:
   with exponential backoff and full jitter (``Backoff``), then resume the watch, or list
   again when the failure may have cost an event (malformed or oversized answers).
 
+An optional resource (``missing_retry`` set: a CRD that may not be installed) that
+answers a list with 404 counts as an empty, synced list; it is listed again every
+``missing_retry`` seconds, so a CRD installed later is picked up.
+
 At most ``max_objects`` objects are kept; more are ignored, with an error logged once per
 list, so a huge or hostile namespace costs bounded memory.
 """
@@ -27,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from picker.datalayer.discovery.client import BadStream, Gone, KubeClient, KubeError
+from picker.datalayer.discovery.client import ApiError, BadStream, Gone, KubeClient, KubeError
 from picker.datalayer.discovery.objects import InvalidObject, object_name, resource_version
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,7 @@ class Reflector(Generic[T]):
         backoff: Backoff | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         name: str = "",
+        missing_retry: float | None = None,
     ) -> None:
         self.client = client
         self.path = path
@@ -90,6 +95,8 @@ class Reflector(Generic[T]):
         self.backoff = backoff or Backoff()
         self._sleep = sleep
         self.name = name or path
+        self.missing_retry = missing_retry
+        self.missing = False  # the last list found no such resource (404)
         self.objects: dict[str, T] = {}
         self.version = ""
         self.synced = asyncio.Event()  # set after the first successful list
@@ -112,15 +119,37 @@ class Reflector(Generic[T]):
             except Gone as e:
                 log.info("%s: %s; listing again", self.name, e)
                 relist = True
+            except ApiError as e:
+                if e.status != 404 or self.missing_retry is None:
+                    await self._failed(e)
+                elif relist:
+                    await self._missing()
+                else:
+                    relist = True  # the resource went away while watched: list again
             except KubeError as e:
-                self.errors += 1
-                self.last_error = str(e)
-                # A malformed or oversized event may have been lost: list again. After a
-                # dropped connection the watch resumes from the last version seen.
                 relist = relist or isinstance(e, BadStream)
-                delay = self.backoff.next()
-                log.warning("%s: %s; retrying in %.2f s", self.name, e, delay)
-                await self._sleep(delay)
+                await self._failed(e)
+
+    async def _failed(self, e: KubeError) -> None:
+        self.errors += 1
+        self.last_error = str(e)
+        # A malformed or oversized event may have been lost: the caller lists again.
+        # After a dropped connection the watch resumes from the last version seen.
+        delay = self.backoff.next()
+        log.warning("%s: %s; retrying in %.2f s", self.name, e, delay)
+        await self._sleep(delay)
+
+    async def _missing(self) -> None:
+        """The optional resource does not exist: nothing to keep, look again later."""
+        assert self.missing_retry is not None
+        if not self.missing:
+            log.info("%s: not installed (404); looking again every %.0f s",
+                     self.name, self.missing_retry)  # fmt: skip
+        self.missing = True
+        self.objects = {}
+        self.on_replace({})
+        self.synced.set()
+        await self._sleep(self.missing_retry)
 
     async def _list(self) -> None:
         objects: dict[str, T] = {}
@@ -142,6 +171,7 @@ class Reflector(Generic[T]):
                 "%s: %d objects over the limit of %d ignored", self.name, dropped, self.max_objects
             )
         self.lists += 1
+        self.missing = False
         self.objects = objects
         self.version = version
         self.backoff.reset()
