@@ -282,11 +282,13 @@ class FakeKube:
         )  # fmt: skip
 
     def _precheck(self, request: web.Request) -> web.Response | None:
+        """Authentication, then injected failures (only on resources the server has:
+        a request for one it lacks gets its 404, and leaves the failures queued)."""
         self.requests.append((request.path, dict(request.query)))
         auth = request.headers.get("Authorization")
         if self.token is not None and auth != f"Bearer {self.token}":
             return self._error(401, "Unauthorized", "Unauthorized")
-        if self.failures:
+        if self.failures and self._resource(request) is not None:
             code = self.failures.popleft()
             return self._error(code, "InternalError", f"injected failure {code}")
         return None

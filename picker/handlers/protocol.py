@@ -21,13 +21,15 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from picker.requestcontrol.accounting import Rejected, Routed
+from picker.scheduling.testing import normalize_entry
 
 DESTINATION = "x-gateway-destination-endpoint"
 SERVED = "x-gateway-destination-endpoint-served"
 SUBSET_NS = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 LB_NS = "envoy.lb"
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
+OBJECTIVE_HEADER = "x-llm-d-inference-objective"
+LEGACY_OBJECTIVE_HEADER = "x-gateway-inference-objective"  # read when the new one is absent
 
 # ProcessingMode.BodySendMode values
 NONE, STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED = 0, 1, 2, 3, 4
@@ -119,9 +121,11 @@ def subset_hint(req: Any) -> frozenset[str] | None:
     value = fields[SUBSET_KEY]
     kind = value.WhichOneof("kind")
     if kind == "list_value":
-        return frozenset(v.string_value for v in value.list_value.values if v.string_value)
+        values = value.list_value.values
+        return frozenset(normalize_entry(v.string_value) for v in values if v.string_value)
     if kind == "string_value":
-        return frozenset(a.strip() for a in value.string_value.split(",") if a.strip())
+        text = value.string_value
+        return frozenset(normalize_entry(a) for a in text.split(",") if a.strip())
     return frozenset()
 
 
@@ -185,10 +189,27 @@ def headers_routed(routed: Routed, content_length: int | None = None) -> bytes:
     return out
 
 
-def body_routed(routed: Routed) -> bytes:
-    """Buffered request-body response: headers are still held, so mutate them here."""
+def body_routed(routed: Routed, body: bytes | None = None) -> bytes:
+    """Buffered request-body response: headers are still held, so mutate them here.
+    ``body``: a replacement body (a model rewrite), sent with its content-length."""
     resp = pb.ProcessingResponse()
-    _route_mutation(resp.request_body.response, routed, None)
+    common = resp.request_body.response
+    _route_mutation(common, routed, None if body is None else len(body))
+    if body is not None:
+        common.body_mutation.body = body
     _set_metadata(resp, routed)
+    out: bytes = resp.SerializeToString()
+    return out
+
+
+def response_headers_set(headers: list[tuple[str, str]]) -> bytes:
+    """Response-headers answer that sets ``headers`` on the client's response."""
+    resp = pb.ProcessingResponse()
+    hm = resp.response_headers.response.header_mutation
+    for k, v in headers:
+        opt = hm.set_headers.add()
+        opt.header.key = k
+        opt.header.raw_value = v.encode()
+        opt.append_action = _OVERWRITE
     out: bytes = resp.SerializeToString()
     return out

@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from picker.handlers.protocol import (
     FULL_DUPLEX_STREAMED,
+    LEGACY_OBJECTIVE_HEADER,
     OBJECTIVE_HEADER,
     REQ_BODY_CONTINUE,
     REQ_HEADERS_CONTINUE,
@@ -28,12 +29,14 @@ from picker.handlers.protocol import (
     header_value,
     headers_routed,
     immediate,
+    response_headers_set,
     served_address,
     status_of,
     streamed,
     subset_hint,
 )
 from picker.requestcontrol.director import Director, Held, Rejected, Routed
+from picker.scheduling.testing import SELECTION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class StreamProcessor:
         "req_mode",
         "resp_mode",
         "routed",
+        "selection",
         "service",
         "status",
         "subset",
@@ -71,6 +75,7 @@ class StreamProcessor:
         self.director = service.director
         self.path = "/"
         self.objective: str | None = None
+        self.selection: str | None = None  # the conformance tests' selection header
         self.body: list[bytes] = []
         self.body_len = 0
         self.subset: frozenset[str] | None = None
@@ -90,6 +95,7 @@ class StreamProcessor:
                 body,
                 objective=self.objective,
                 subset=self.subset,
+                endpoint_selection=self.selection,
             )
         except Exception:  # a bug must cost one request, never the stream or the server
             log.exception("routing failed for %s", self.path)
@@ -164,6 +170,11 @@ class StreamProcessor:
                 self.path = header_value(h)
             elif key == OBJECTIVE_HEADER:
                 self.objective = header_value(h)
+            elif key == LEGACY_OBJECTIVE_HEADER:
+                if self.objective is None:
+                    self.objective = header_value(h)
+            elif key == SELECTION_HEADER:
+                self.selection = header_value(h)
         if hdrs.end_of_stream:
             return self._decided(self._decide(None), None)
         if self.req_mode == FULL_DUPLEX_STREAMED:
@@ -202,9 +213,14 @@ class StreamProcessor:
         self.routed = result
         if body is None:
             return [headers_routed(result)]
+        rewritten = result.request.body  # a model rewrite's body, else None
         if self.req_mode != FULL_DUPLEX_STREAMED:
-            return [body_routed(result)]
-        out = [headers_routed(result)]
+            return [body_routed(result, rewritten)]
+        if rewritten is None:
+            out = [headers_routed(result)]
+        else:
+            body = rewritten
+            out = [headers_routed(result, len(body))]
         n = len(body)
         if n <= STREAM_CHUNK:
             out.append(streamed("request_body", body, True))
@@ -218,14 +234,17 @@ class StreamProcessor:
         if self.resp_mode < 0 and req.HasField("protocol_config"):
             self.resp_mode = req.protocol_config.response_body_mode
         routed = self.routed
-        if routed is not None:
-            if req.HasField("metadata_context"):
-                served = served_address(req)
-                if served is not None:
-                    self.director.served_by(routed, served)
-            self.status = status_of(req.response_headers)
-            if req.response_headers.end_of_stream:
-                self._finish()
+        if routed is None:
+            return [RESP_HEADERS_CONTINUE]
+        served = served_address(req) if req.HasField("metadata_context") else None
+        if served is not None:
+            self.director.served_by(routed, served)
+        self.status = status_of(req.response_headers)
+        if req.response_headers.end_of_stream:
+            self._finish()
+        profile = self.director.profile
+        if profile.writes_response_headers:
+            return [response_headers_set(profile.response_headers(routed.request, served))]
         return [RESP_HEADERS_CONTINUE]
 
     def _response_body(self, rb: pb.HttpBody) -> list[bytes]:

@@ -4,7 +4,9 @@
 
 1. the parser (``picker.request.parse``) and the director: model, kind, prompt text,
    token ids when the body gives them, the token estimate, criticality, the proxy's
-   subset hint;
+   subset hint, the conformance suite's endpoint selection header; a model rewrite
+   (``picker.datalayer.objectives``) sets ``model`` to the target model, keeps the
+   client's in ``incoming_model`` and the body to forward in ``body``;
 2. the profile's data producers, before any scorer runs: ``prefix`` (the approximate
    text-prefix match) and ``kv_prefix`` (the exact match against the pods' KV events).
 
@@ -81,6 +83,12 @@ class InferenceRequest:
     add_special_tokens: bool | None = None
     cache_salt: str | None = None
     subset: frozenset[str] | None = None
+    # The ``test-epp-endpoint-selection`` header (conformance tests), when sent.
+    endpoint_selection: str | None = None
+    # A model rewrite: the client's model (``model`` is the target) and the rewritten
+    # body to forward; both None when the request is forwarded unchanged.
+    incoming_model: str | None = None
+    body: bytes | None = None
     # Data producers' output (see the module doc).
     prefix: PrefixMatch | None = None
     kv_prefix: PrefixMatch | None = None

@@ -75,11 +75,11 @@ class Accounting:
         primary.sent_since_scrape += 1
         primary.inflight_tokens += tokens
         m = self.metrics
-        model = request.model
-        m.child(m.request_total, model, model).inc()
+        model, target = request.incoming_model or request.model, request.model
+        m.child(m.request_total, model, target).inc()
         m.child(m.running_requests, model).inc()
         if body_len:
-            m.child(m.request_sizes, model, model).observe(body_len)
+            m.child(m.request_sizes, model, target).observe(body_len)
         return Routed(request, pool, ranked, started, served=primary, tokens=tokens)
 
     def move(self, routed: Routed, new: Endpoint) -> None:
@@ -104,7 +104,8 @@ class Accounting:
         routed.finished = True
         ok = 0 < status < 500
         m = self.metrics
-        model = routed.request.model
+        request = routed.request
+        model, target = request.incoming_model or request.model, request.model
         ep = routed.served
         if ep is not None:
             # A removed endpoint (discovery) is detached: its counts drain here, and it
@@ -117,5 +118,5 @@ class Accounting:
         m.child(m.running_requests, model).dec()
         outcome = "routed" if ok else ("reset" if status == 0 else "upstream_error")
         m.child(m.outcome_total, model, outcome, str(status)).inc()
-        m.child(m.request_duration, model, model).observe(time.perf_counter() - routed.started)
+        m.child(m.request_duration, model, target).observe(time.perf_counter() - routed.started)
         return ok

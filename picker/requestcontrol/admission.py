@@ -1,7 +1,9 @@
 """Admission: may this request be scheduled now, wait, or be shed?
 
-* criticality: from the objective header (a criticality name, or an objective/model
-  configured with one), else the model's configured criticality, else the default;
+* criticality: from the objective header (a criticality name; an InferenceObjective of
+  the pool, its priority mapped by ``criticality_of``: negative is sheddable; or a name
+  configured in ``criticality``), else the model's configured criticality, else the
+  default;
 * saturation: a pool is saturated when every candidate is past the queue threshold
   (``Endpoint.queue``) or the KV-cache threshold;
 * when saturated, a critical request is admitted anyway; others are parked in the
@@ -20,6 +22,7 @@ from enum import Enum
 
 from picker.config import Config
 from picker.datalayer.datastore import Endpoint, Pool
+from picker.datalayer.objectives import ObjectiveStore, criticality_of
 from picker.flowcontrol.queue import FlowQueue, Held
 from picker.observability import Metrics
 from picker.request.types import Criticality, InferenceRequest
@@ -41,11 +44,13 @@ class Admission:
         metrics: Metrics,
         dispatch: Callable[[Held], None],
         expire: Callable[[Held], None],
+        objectives: ObjectiveStore | None = None,
     ) -> None:
         """``dispatch``/``expire``: what to do with a parked request that can go now, or
         that waited too long (or was cancelled by its client: skipped, never expired)."""
         self.config = config
         self.metrics = metrics
+        self.objectives = objectives if objectives is not None else ObjectiveStore()
         self._dispatch = dispatch
         self._expire = expire
         sat = config.saturation
@@ -61,6 +66,9 @@ class Admission:
             named = _CRITICALITY_NAMES.get(objective.lower())
             if named is not None:
                 return named
+            priority = self.objectives.priority(objective)
+            if priority is not None:
+                return criticality_of(priority)
             crit = self.config.criticality.get(objective)
             if crit is not None:
                 return crit

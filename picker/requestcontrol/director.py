@@ -1,6 +1,7 @@
 """The director: one request from body to decision, and back when its response ends.
 
-    decide:  parse (request.parse) → pool lookup (datastore) → admission
+    decide:  parse (request.parse) → model rewrite (datastore.objectives) → pool lookup
+             (datastore, by the target model) → admission (objective → criticality)
              → schedule (scheduling.Profile) → charge (accounting) → on_pick hooks
     finish:  release (accounting) → on_done hooks → pump parked requests (admission)
 
@@ -14,7 +15,10 @@ future resolves to one of the other two).
 from __future__ import annotations
 
 import logging
+import random
 import time
+
+import orjson
 
 from picker.config import Config
 from picker.datalayer.datastore import Datastore, Endpoint, Pool
@@ -35,14 +39,23 @@ __all__ = ["Director", "Held", "Rejected", "Routed"]
 
 class Director:
     def __init__(
-        self, config: Config, datastore: Datastore, profile: Profile, metrics: Metrics
+        self,
+        config: Config,
+        datastore: Datastore,
+        profile: Profile,
+        metrics: Metrics,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.datastore = datastore
+        self.objectives = datastore.objectives
+        self.rng = rng or random.Random()  # chooses among a rewrite's weighted targets
         self.profile = profile
         self.metrics = metrics
         self.accounting = Accounting(metrics, config.saturation.retry_after_seconds)
-        self.admission = Admission(config, metrics, self._dispatch, self._expire)
+        self.admission = Admission(
+            config, metrics, self._dispatch, self._expire, datastore.objectives
+        )
         self._chars_per_token = config.chars_per_token
 
     # -- answers picker gives itself -------------------------------------------------
@@ -65,6 +78,7 @@ class Director:
         *,
         objective: str | None = None,
         subset: frozenset[str] | None = None,
+        endpoint_selection: str | None = None,
     ) -> Routed | Rejected | Held:
         started = time.perf_counter()
         if body:
@@ -72,6 +86,9 @@ class Director:
                 req = parse_request(path, body, max_body_bytes=self.config.max_body_bytes)
             except RequestError as err:
                 return self.reject("", err, "invalid_request")
+            rule = self.objectives.rewrite_for(req.model)
+            if rule is not None:
+                self._rewrite(req, body, rule.choose(self.rng))
             pool = self.datastore.pool_for(req.model)
             if pool is None:  # the client's model name is not a metric label: unbounded
                 return self.reject("", errors.model_not_found(req.model), "not_found")
@@ -91,6 +108,7 @@ class Director:
             req.adapter = req.model
         req.criticality = self.admission.criticality(req.model, objective)
         req.subset = subset
+        req.endpoint_selection = endpoint_selection
 
         candidates = pool.ready()
         if not candidates:
@@ -104,6 +122,21 @@ class Director:
             return held
         message = "The gateway's wait queue is full." if verdict is Verdict.QUEUE_FULL else ""
         return self.reject(req.model, errors.overloaded(message), "shed")
+
+    @staticmethod
+    def _rewrite(req: InferenceRequest, body: bytes, target: str) -> None:
+        """Sends ``req`` to model ``target``: the body to forward names it instead.
+
+        Only a rewritten request pays for a second parse and a dump; the body is
+        otherwise forwarded as received. The JSON is re-serialized compactly (key order
+        kept), so its length changes: the proxy gets the new content-length.
+        """
+        if target == req.model:
+            return
+        data = orjson.loads(body)  # parse_request has accepted it: a JSON object
+        data["model"] = target
+        req.incoming_model, req.model = req.model, target
+        req.body = orjson.dumps(data)
 
     def _route(
         self,
@@ -158,6 +191,9 @@ class Director:
         new = self.datastore.by_address.get(address)
         if new is not None:
             self.accounting.move(routed, new)
+
+    def response_headers(self, routed: Routed, served: str | None) -> list[tuple[str, str]]:
+        return self.profile.response_headers(routed.request, served)
 
     def finish(self, routed: Routed, status: int) -> None:
         """The response ended (or the stream was reset, status 0): release accounting."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 from picker.datalayer.datastore import Endpoint
 from picker.request.types import InferenceRequest
 from picker.scheduling.framework import Filter
+from picker.scheduling.testing import allowed as named_in
 
 
 class SubsetFilter(Filter):
     """Keeps only the endpoints the proxy allowed (the protocol's subset hint,
-    ``request.subset``; None means no hint). Always first in every profile."""
+    ``request.subset``; None means no hint). An entry without a port (a bare IP, as the
+    reference endpoint picker accepts) allows every endpoint of that host. Always first
+    in every profile."""
 
     type = "subset"
 
@@ -17,7 +20,7 @@ class SubsetFilter(Filter):
         allowed = request.subset
         if allowed is None:
             return candidates
-        return [e for e in candidates if e.address in allowed]
+        return [e for e in candidates if named_in(e, allowed)]
 
 
 class LoraFilter(Filter):

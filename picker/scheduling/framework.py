@@ -21,7 +21,9 @@ overrides (decided once, when the profile is built):
 * ``produce``: compute data for the request once, before any scorer (``DataProducer``);
 * ``on_pick``/``on_done``: learn from decisions and outcomes;
 * ``on_endpoint_removed``: a pod left the datastore (discovery): forget what is kept
-  about it, so per-pod state does not outlive the pod.
+  about it, so per-pod state does not outlive the pod;
+* ``response_headers``: headers to add to the client's response, given the endpoint the
+  proxy reports served it (e.g. the conformance suite's served-endpoint echo).
 
 Plugins never mutate endpoint state; scores are plain lists aligned with the candidates.
 """
@@ -158,6 +160,13 @@ class Plugin:
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         """``endpoint`` was removed from the datastore and will never be a candidate again
         (a pod coming back at its address is a new ``Endpoint``)."""
+
+    def response_headers(
+        self, request: InferenceRequest, served: str | None
+    ) -> Sequence[tuple[str, str]]:
+        """Headers to set on the response; ``served`` is the proxy's served-endpoint
+        report (``x-gateway-destination-endpoint-served``), None when it sent none."""
+        return ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -21,6 +21,7 @@ from picker.scheduling.scorers.load import (
 )
 from picker.scheduling.scorers.lora import LoraAffinityScorer
 from picker.scheduling.scorers.prefix import PrefixScorer
+from picker.scheduling.testing import HeaderSelectionFilter, ServedEndpointEcho
 
 
 def _precise_prefix(name: str, params: Params, handle: Handle) -> Plugin:
@@ -42,6 +43,8 @@ _CLASSES: tuple[type[Plugin], ...] = (
     PowerOfTwoPicker,
     RandomPicker,
     RoundRobinPicker,
+    HeaderSelectionFilter,
+    ServedEndpointEcho,
 )
 
 BUILTIN: dict[str, PluginFactory] = {cls.type: cls for cls in _CLASSES}

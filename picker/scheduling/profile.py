@@ -15,11 +15,14 @@ A name that no ``plugins`` entry declares stands for an instance of the type of 
 name with default parameters, so ``scorers: {queue: 2}`` needs no ``plugins`` entry.
 Every plugin instance, declared or referenced, takes part in the hooks it implements
 (producers, ``on_pick``/``on_done`` observers, ``start``/``stop``). The subset filter
-(the proxy's hint) always runs first; it is not configured.
+(the proxy's hint) always runs first; it is not configured. With
+``ENABLE_REQ_HEADER_BASED_SCHEDULER_FOR_TESTING=true`` in the environment, the
+conformance suite's two test plugins are added (``picker.scheduling.testing``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,6 +40,7 @@ from picker.scheduling.framework import (
     overrides,
 )
 from picker.scheduling.registry import Registry, default_registry
+from picker.scheduling.testing import HeaderSelectionFilter, ServedEndpointEcho, from_env
 
 DEFAULT_SCHEDULER: dict[str, Any] = {
     "filters": ["lora"],
@@ -65,8 +69,10 @@ class Profile:
     _pick_observers: list[Plugin] = field(default_factory=list)
     _done_observers: list[Plugin] = field(default_factory=list)
     _removal_observers: list[Plugin] = field(default_factory=list)
+    _header_writers: list[Plugin] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._header_writers = [p for p in self.plugins if overrides(p, "response_headers")]
         self._pick_observers = [p for p in self.plugins if overrides(p, "on_pick")]
         self._done_observers = [p for p in self.plugins if overrides(p, "on_done")]
         self._removal_observers = [p for p in self.plugins if overrides(p, "on_endpoint_removed")]
@@ -96,6 +102,19 @@ class Profile:
             return
         for o in self._done_observers:
             o.on_done(request, endpoint, ok)
+
+    @property
+    def writes_response_headers(self) -> bool:
+        return bool(self._header_writers)
+
+    def response_headers(
+        self, request: InferenceRequest, served: str | None
+    ) -> list[tuple[str, str]]:
+        """Headers the plugins add to the response (``writes_response_headers`` first)."""
+        out: list[tuple[str, str]] = []
+        for p in self._header_writers:
+            out.extend(p.response_headers(request, served))
+        return out
 
     def on_endpoints_removed(self, endpoints: Sequence[Endpoint]) -> None:
         """Tells every plugin that keeps per-pod state that these pods are gone."""
@@ -161,8 +180,10 @@ def build_profile(
     *,
     handle: Handle | None = None,
     registry: Registry | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Profile:
-    """Builds a profile from the ``scheduler`` config mapping (see the module doc)."""
+    """Builds a profile from the ``scheduler`` config mapping (see the module doc);
+    ``env`` (default ``os.environ``) may switch the conformance test plugins on."""
     spec = dict(DEFAULT_SCHEDULER if spec is None else spec)
     unknown = set(spec) - _KEYS
     if unknown:
@@ -179,6 +200,11 @@ def build_profile(
         raise ValueError("scheduler.filters must be a list of plugin names")
     built_filters: list[Filter] = [SubsetFilter()]
     built_filters += [b.ref(n, Filter, "filter") for n in names if n != "subset"]
+    if from_env(os.environ if env is None else env):
+        test_filter = b.ref(HeaderSelectionFilter.type, Filter, "filter")
+        if test_filter not in built_filters:
+            built_filters.insert(1, test_filter)
+        b.ref(ServedEndpointEcho.type, Plugin, "plugin")
 
     weights: Any = spec.get("scorers") or {}
     if not isinstance(weights, Mapping):

@@ -125,7 +125,6 @@ class Discovery:
                 pool_group,
                 watch_timeout=watch_timeout,
                 backoff=backoff,
-                sleep=sleep,
             )
 
     @property
