@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from picker import __version__
 from picker.config import Config, PoolConfig, load_config, parse_ports
+from picker.eppflags import GoBoolAction, add_flags, apply_flags, go_duration, log_setup
 from picker.scheduling.profile import DEFAULT_SCHEDULER
 from picker.server import PickerServer
 
@@ -45,15 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scrape-interval", type=float, help="seconds between scrapes (0.05)")
     s.add_argument(
         "--drain-timeout",
-        type=float,
-        help="seconds to finish open streams after SIGTERM (default 30)",
+        type=go_duration,
+        help="seconds (or a Go duration, 30s) to finish open streams after SIGTERM (30)",
     )
     s.add_argument(
         "--secure-serving",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TLS on the ext_proc port (self-signed unless --cert-path)",
+        action=GoBoolAction,
+        help="TLS on the ext_proc port (self-signed unless --cert-path); --secure-serving=false "
+        "turns it off (default: on with --pool-name or --endpoint-selector, else off)",
     )
+    s.add_argument("--no-secure-serving", dest="secure_serving", action="store_false", default=None)
     s.add_argument("--cert-path", help="directory with tls.crt and tls.key, reloaded on change")
     k = s.add_argument_group(
         "endpoints from Kubernetes (as the inference extension's endpoint picker; "
@@ -83,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         help="the API server's URL (default: in-cluster service account, or KUBECONFIG)",
     )
     k.add_argument("--kubeconfig", help="a kubeconfig file (default: $KUBECONFIG)")
-    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO, or from -v)")
+    add_flags(s)
     return p
 
 
@@ -108,10 +111,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.drain_timeout = args.drain_timeout
     if args.secure_serving is not None:
         cfg.tls.enabled = args.secure_serving
+    elif args.pool_name or args.endpoint_selector:
+        cfg.tls.enabled = True  # as the EPP: TLS by default in cluster mode
     if args.cert_path:
         cfg.tls.cert_path = args.cert_path
         cfg.tls.enabled = True
     _discovery_from_args(cfg, args)
+    apply_flags(cfg, args)
     if not cfg.pools and not cfg.discovery.enabled:
         raise SystemExit(
             "picker: no endpoints; give --endpoint HOST:PORT, --pool-name, "
@@ -152,7 +158,11 @@ async def _serve(server: PickerServer) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"picker ready grpc={server.grpc_port} metrics={server.metrics_port}", flush=True)
+    print(
+        f"picker ready grpc={server.grpc_port} health={server.health_port} "
+        f"metrics={server.metrics_port}",
+        flush=True,
+    )
     await stop.wait()
     left = await server.drain(server.config.drain_timeout)
     if left:
@@ -162,11 +172,7 @@ async def _serve(server: PickerServer) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_setup(args)
     try:
         # Everything configuration can get wrong (plugins and their parameters included)
         # fails here, before anything listens.

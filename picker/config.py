@@ -173,6 +173,8 @@ class Config:
     transport: str = "native"
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 9002
+    # gRPC health alone, plaintext (the EPP's 9003); -1: off (health stays on grpc_port too).
+    grpc_health_port: int = -1
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     max_body_bytes: int = 16 * 2**20
@@ -307,7 +309,7 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
     for key in ("grpc_host", "metrics_host", "transport"):
         if key in data:
             setattr(cfg, key, str(data.pop(key)))
-    for key in ("grpc_port", "metrics_port", "max_body_bytes"):
+    for key in ("grpc_port", "grpc_health_port", "metrics_port", "max_body_bytes"):
         if key in data:
             setattr(cfg, key, int(data.pop(key)))
     if "drain_timeout" in data:

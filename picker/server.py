@@ -59,7 +59,9 @@ class PickerServer:
         self.health_status = HealthStatus()
         self.grpcio: GrpcioServer | None = None
         self.native: NativeServer | None = None
+        self.health_server: NativeServer | None = None  # the health port (plaintext)
         self.grpc_port = 0
+        self.health_port = 0
         self.metrics_port = 0
         self._http: Any = None
         self.scraper: Scraper | None = None
@@ -118,6 +120,13 @@ class PickerServer:
             )
         else:
             raise ValueError(f"transport must be native or grpcio, not {cfg.transport!r}")
+        if cfg.grpc_health_port >= 0:
+            # gRPC health alone, plaintext, as the EPP's health server: kubelet probes and
+            # gateways. It stays up while picker drains (liveness SERVING, readiness not).
+            self.health_server = NativeServer(None, self.health_status, timeouts=self._timeouts())
+            self.health_port = await self.health_server.start(
+                cfg.grpc_host, cfg.grpc_health_port, None
+            )
 
         if cfg.metrics_port >= 0:
             self._http, _ = start_http_server(
@@ -136,11 +145,13 @@ class PickerServer:
         await self.profile.start()
         self._ready_task = asyncio.create_task(self._become_ready())
         log.info(
-            "picker %s serving ext_proc (%s) on %s:%d, metrics on :%d, %d pool(s), %d endpoint(s)",
+            "picker %s serving ext_proc (%s) on %s:%d, health on :%d, metrics on :%d, "
+            "%d pool(s), %d endpoint(s)",
             __version__,
             "TLS" if tls is not None else "plaintext",
             cfg.grpc_host,
             self.grpc_port,
+            self.health_port,
             self.metrics_port,
             len(self.datastore.pools),
             len(self.datastore.by_address),
@@ -213,6 +224,8 @@ class PickerServer:
             await self.grpcio.stop(grace)
         if self.native is not None:
             self.native.close()
+        if self.health_server is not None:
+            self.health_server.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -144,8 +144,9 @@ class H2GrpcProtocol(asyncio.Protocol):
         self._last_active = time.monotonic()
 
     def _open_stream(self, sid: int, path: str) -> StreamHandler | None:
-        if path == PROCESS_PATH:
-            return _ExtProcStream(self, sid, self.server.service.stream())
+        service = self.server.service
+        if path == PROCESS_PATH and service is not None:
+            return _ExtProcStream(self, sid, service.stream())
         if path in (HEALTH_CHECK_PATH, HEALTH_WATCH_PATH):
             return _HealthStream(self.conn, sid, self.server.health, path == HEALTH_WATCH_PATH)
         return None
@@ -242,11 +243,12 @@ class H2GrpcProtocol(asyncio.Protocol):
 
 
 class NativeServer:
-    """picker's HTTP/2 gRPC server: ``start``, then ``drain`` and ``close``."""
+    """picker's HTTP/2 gRPC server: ``start``, then ``drain`` and ``close``. Without a
+    ``service`` it serves gRPC health alone (picker's health port)."""
 
     def __init__(
         self,
-        service: ExtProcService,
+        service: ExtProcService | None,
         health: HealthStatus,
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,

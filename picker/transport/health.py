@@ -5,8 +5,11 @@ from __future__ import annotations
 from grpc_health.v1 import health_pb2
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-# Names that follow readiness: "" (the server as a whole) and the ext_proc service.
-READINESS_SERVICES = ("readiness", EXT_PROC_SERVICE, "")
+# The name the inference extension's chart probes (liveness and readiness, one replica).
+INFERENCE_EXTENSION_SERVICE = "inference-extension"
+# Names that follow readiness: "" (the server as a whole), the ext_proc service and the
+# EPP's own name; ``liveness`` stays SERVING, also while draining.
+READINESS_SERVICES = ("readiness", EXT_PROC_SERVICE, INFERENCE_EXTENSION_SERVICE, "")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -680,36 +681,25 @@ def test_long_release_names_stay_valid() -> None:
 # picker's command line accepts the chart's arguments
 
 
-# Flags of the endpoint picker the chart passes that issue 10 (item 2) asks picker's CLI
-# to accept; while it does not, they are left out of the strict check below.
-PENDING_WITH_VALUE = {"--grpc-health-port", "--config-file"}
-PENDING_SINGLE = {"--secure-serving=false", "--v=2"}
-
-
-def without_pending(argv: list[str]) -> list[str]:
-    out: list[str] = []
-    skip_value = False
-    for arg in argv:
-        if skip_value:
-            skip_value = False
-        elif arg in PENDING_WITH_VALUE:
-            skip_value = True
-        elif arg not in PENDING_SINGLE:
-            out.append(arg)
-    return out
-
-
 @pytest.mark.parametrize("case", ["defaults", "plaintext", "everything-on"])
-def test_picker_cli_takes_the_chart_args(case: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """picker's own parser reads the Deployment's command line into the config the chart
-    means: the pool, its namespace, the ports, TLS and the drain."""
+def test_picker_cli_takes_the_chart_args(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """picker's own parser reads the Deployment's whole command line into the config the
+    chart means: the pool, its namespace, the ports, TLS, the drain and the mounted
+    EndpointPickerConfig (written where the test can read it)."""
     from picker.cli import _parser, config_from_args
 
-    c = container(render(CASES[case]))
+    objs = render(CASES[case])
+    c, cm = container(objs), one(objs, "ConfigMap")
     assert c["command"][0] == "picker"
     argv = [*c["command"][1:], *c["args"]]
+    mounted = flag(argv, "--config-file")
+    local = tmp_path / mounted.rpartition("/")[2]
+    local.write_text(cm["data"][local.name])
+    argv[argv.index(mounted)] = str(local)
     try:
-        cfg = config_from_args(_parser().parse_args(without_pending(argv)))
+        cfg = config_from_args(_parser().parse_args(argv))
     except SystemExit:
         pytest.fail(f"picker {' '.join(argv)}\n{capsys.readouterr().err}")
     assert (cfg.discovery.pool_name, cfg.discovery.pool_namespace) == (POOL, NS)
@@ -718,22 +708,25 @@ def test_picker_cli_takes_the_chart_args(case: str, capsys: pytest.CaptureFixtur
     assert cfg.tls.enabled is (case != "plaintext")
     assert cfg.tls.cert_path == ("/etc/picker/tls" if case == "everything-on" else None)
     assert cfg.drain_timeout == 30
+    assert cfg.grpc_health_port == 9003
+    # the ConfigMap's EndpointPickerConfig is read from the mounted path, as the chart's
+    # default plugins with their weights
+    assert cfg.scheduler is not None
+    assert cfg.scheduler["scorers"] == {
+        "queue-scorer": 2.0,
+        "kv-cache-utilization-scorer": 2.0,
+        "prefix-cache-scorer": 3.0,
+    }
 
 
-@pytest.mark.parametrize("case", ["defaults", "plaintext", "everything-on"])
-def test_picker_cli_takes_every_chart_arg(case: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """The whole command line, the endpoint picker's flags of issue 10 item 2 included."""
-    from picker.cli import _parser
+@pytest.mark.parametrize("case", ["sglang-h2c", "custom-plugins"])
+def test_picker_reads_the_rendered_endpoint_picker_config(case: str) -> None:
+    """The ConfigMap's EndpointPickerConfig, as rendered, is one picker can run."""
+    from picker.eppconfig import load_text
+    from picker.scheduling.profile import build_profile
 
-    c = container(render(CASES[case]))
-    argv = [*c["command"][1:], *c["args"]]
-    try:
-        _parser().parse_args(argv)
-    except SystemExit:
-        err = capsys.readouterr().err
-        try:  # fails the test unless the pending flags alone are what picker rejects
-            _parser().parse_args(without_pending(argv))
-        except SystemExit:
-            pytest.fail(f"picker {' '.join(argv)}\n{capsys.readouterr().err}")
-        pending = sorted(set(argv) & (PENDING_WITH_VALUE | PENDING_SINGLE))
-        pytest.skip(f"picker's CLI does not take {pending} yet (issue 10, item 2): {err}")
+    cm = one(render(CASES[case]), "ConfigMap")
+    settings = load_text(cm["data"]["endpoint-picker.yaml"], case)
+    build_profile(settings.scheduler)
+    if case == "sglang-h2c":
+        assert settings.model_server == "sglang"
