@@ -140,7 +140,7 @@ class GrpcConnection(ConnectionState):
                         and length <= self.conn_recv_window
                         and self.buffered + length <= self.limits.max_buffered
                     ):
-                        st.buf += view[pos + 9 : end]
+                        st.parts.append(bytes(view[pos + 9 : end]))
                         st.need -= length
                         st.counted += length
                         st.recv_window -= length
@@ -348,26 +348,33 @@ class GrpcConnection(ConnectionState):
     def _on_bytes(self, st: Stream, data: memoryview) -> None:
         """Hands every complete gRPC message to the handler; keeps an incomplete tail.
 
-        Messages that arrive whole in one DATA frame (the common case) are copied once,
-        straight out of the frame; only a partial message is buffered on the stream.
+        A message that arrives whole in one DATA frame (the common case) is copied once,
+        straight out of the frame. One spread over frames (Envoy sends a large body in
+        16 KiB frames) is kept as a list of its pieces and joined once when complete:
+        each byte is copied twice, never re-copied as a buffer grows.
         """
-        k = len(data)
         need = st.need
-        if need > k:  # the middle of a message spread over frames: just keep the bytes
-            st.buf += data
-            st.need = need - k
-            st.counted += k
-            self.buffered += k
-            if self.buffered > self.limits.max_buffered:
-                self._abort(st, GRPC_RESOURCE_EXHAUSTED, "too much incomplete data buffered")
-            return
+        if need:  # a message in progress: its payload pieces are in st.parts
+            k = len(data)
+            if k < need:
+                st.parts.append(bytes(data))
+                st.need = need - k
+                self._hold(st, k)
+                return
+            st.parts.append(bytes(data[:need]))
+            msg = b"".join(st.parts)
+            st.parts = []
+            st.need = 0
+            self._hold(st, -st.counted)
+            if not self._deliver(st, msg) or k == need:
+                return
+            data = data[need:]
         buf: bytearray | memoryview
-        if st.buf:
+        if st.buf:  # a partial message header from the previous frame
             st.buf += data
             buf = st.buf
         else:
             buf = data
-        st.need = 0
         off = 0
         n = len(buf)
         max_message = self.limits.max_message
@@ -379,30 +386,38 @@ class GrpcConnection(ConnectionState):
             if mlen > max_message:
                 self._abort(st, GRPC_RESOURCE_EXHAUSTED, f"message over {max_message} bytes")
                 return
-            if n - off - 5 < mlen:
-                st.need = 5 + mlen - (n - off)
+            if n - off - 5 < mlen:  # incomplete: keep its payload so far
+                piece = bytes(buf[off + 5 : n])
+                st.parts = [piece]
+                st.need = mlen - len(piece)
+                off = n
                 break
             msg = bytes(buf[off + 5 : off + 5 + mlen])
             off += 5 + mlen
-            h = st.handler
-            if h is None:
+            if not self._deliver(st, msg):
                 return
-            try:
-                h.on_message(msg)
-            except Exception:
-                log.exception("stream handler failed")
-                self._abort(st, GRPC_INTERNAL, "internal error")
-                return
-            if st.discard:  # the handler finished the stream
-                return
-        if buf is st.buf:
-            if off:
-                del st.buf[:off]
-        elif off < n:
-            st.buf = bytearray(buf[off:])
-        self.buffered += len(st.buf) - st.counted
-        st.counted = len(st.buf)
-        if self.buffered > self.limits.max_buffered:
+        tail = bytearray(buf[off:]) if off < n else bytearray()  # under 5 bytes
+        st.buf = tail
+        self._hold(st, len(tail) + sum(len(p) for p in st.parts) - st.counted)
+
+    def _deliver(self, st: Stream, msg: bytes) -> bool:
+        """Gives ``msg`` to the stream's handler; False when the stream is over."""
+        h = st.handler
+        if h is None:
+            return False
+        try:
+            h.on_message(msg)
+        except Exception:
+            log.exception("stream handler failed")
+            self._abort(st, GRPC_INTERNAL, "internal error")
+            return False
+        return not st.discard  # the handler may have finished the stream
+
+    def _hold(self, st: Stream, delta: int) -> None:
+        """Counts ``delta`` more bytes of incomplete messages held for ``st``."""
+        st.counted += delta
+        self.buffered += delta
+        if delta > 0 and self.buffered > self.limits.max_buffered:
             self._abort(st, GRPC_RESOURCE_EXHAUSTED, "too much incomplete data buffered")
 
     def _grant_stream(self, st: Stream) -> None:

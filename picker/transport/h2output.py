@@ -216,6 +216,7 @@ class ConnectionState:
         self.buffered -= st.counted
         st.counted = 0
         st.need = 0
+        st.parts = []
         st.buf = bytearray()
 
     def _flush(self, st: Stream) -> None:

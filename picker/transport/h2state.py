@@ -91,6 +91,7 @@ class Stream:
         "handler",
         "headers_sent",
         "need",
+        "parts",
         "pending",
         "recv_window",
         "remote_closed",
@@ -101,9 +102,10 @@ class Stream:
 
     def __init__(self, sid: int, send_window: int, recv_window: int) -> None:
         self.sid = sid
-        self.buf = bytearray()  # incomplete inbound gRPC message bytes
-        self.counted = 0  # len(buf) as counted in the connection's ``buffered``
-        self.need = 0  # bytes still missing from the buffered message, when known
+        self.buf = bytearray()  # an incomplete gRPC message header (under 5 bytes)
+        self.counted = 0  # bytes of buf and parts, as counted in ``buffered``
+        self.need = 0  # payload bytes still missing from the message in ``parts``
+        self.parts: list[bytes] = []  # the payload so far of a message spread over frames
         self.handler: StreamHandler | None = None
         self.headers_sent = False
         self.remote_closed = False
