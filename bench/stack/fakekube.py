@@ -46,6 +46,8 @@ from bench.stack.kubeobjects import status as status_object
 from picker.datalayer.discovery.selector import Selector, parse
 
 POOLS = (POOL_GROUP, "v1", "inferencepools")
+OBJECTIVES = ("inference.networking.x-k8s.io", "v1alpha2", "inferenceobjectives")
+REWRITES = ("inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites")
 PODS = ("", "v1", "pods")
 Resource = tuple[str, str, str]  # group, version, plural
 
@@ -239,6 +241,20 @@ class FakeKube:
 
     def delete_pool(self, ns: str, name: str) -> None:
         self._commit(POOLS, ns, self.objects[POOLS][(ns, name)], None)
+
+    def install(self, *resources: Resource) -> None:
+        """Serves these resources from now on (a CRD installed); until then: 404."""
+        for res in resources:
+            self.objects.setdefault(res, {})
+
+    def put(self, resource: Resource, obj: dict[str, Any]) -> None:
+        """Creates or replaces a namespaced object of an installed resource."""
+        meta = obj["metadata"]
+        old = self.objects[resource].get((meta["namespace"], meta["name"]))
+        self._commit(resource, meta["namespace"], copy.deepcopy(old) if old else None, obj)
+
+    def delete(self, resource: Resource, ns: str, name: str) -> None:
+        self._commit(resource, ns, self.objects[resource][(ns, name)], None)
 
     # --- failure injection ------------------------------------------------------------
 

@@ -186,3 +186,61 @@ def pool_object(
         },
         "status": {"parents": []},
     }
+
+
+OBJECTIVE_GROUP = "inference.networking.x-k8s.io"
+
+
+def objective_object(
+    ns: str, name: str, pool: str, priority: int | None = None, *, created: str = ""
+) -> dict[str, Any]:
+    """An InferenceObjective v1alpha2 (the vendored CRD's shape)."""
+    spec: dict[str, Any] = {"poolRef": {"group": POOL_GROUP, "kind": "InferencePool", "name": pool}}
+    if priority is not None:
+        spec["priority"] = priority
+    return {
+        "apiVersion": f"{OBJECTIVE_GROUP}/v1alpha2",
+        "kind": "InferenceObjective",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "resourceVersion": "",
+            "creationTimestamp": created or "2026-01-01T00:00:00Z",
+        },
+        "spec": spec,
+    }
+
+
+def rewrite_object(
+    ns: str,
+    name: str,
+    pool: str,
+    rules: list[tuple[list[str], list[tuple[str, int | None]]]],
+    *,
+    created: str = "",
+) -> dict[str, Any]:
+    """An InferenceModelRewrite v1alpha2: ``rules`` as (exact models, [(target, weight)])."""
+    out_rules: list[dict[str, Any]] = []
+    for models, targets in rules:
+        rule: dict[str, Any] = {
+            "targets": [
+                {"modelRewrite": t, **({"weight": w} if w is not None else {})} for t, w in targets
+            ]
+        }
+        if models:
+            rule["matches"] = [{"model": {"type": "Exact", "value": m}} for m in models]
+        out_rules.append(rule)
+    return {
+        "apiVersion": f"{OBJECTIVE_GROUP}/v1alpha2",
+        "kind": "InferenceModelRewrite",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "resourceVersion": "",
+            "creationTimestamp": created or "2026-01-01T00:00:00Z",
+        },
+        "spec": {
+            "poolRef": {"group": POOL_GROUP, "kind": "InferencePool", "name": pool},
+            "rules": out_rules,
+        },
+    }
