@@ -5,7 +5,8 @@ Endpoints (per pod): ``POST /v1/completions``, ``POST /v1/chat/completions`` (bo
 ``GET /metrics`` (vLLM's Prometheus names), ``POST /reset_prefix_cache`` and
 ``GET /sim/state`` (JSON, for debugging). KV-cache events go out over ZMQ when
 ``kv_events_endpoint`` is set (see ``kvevents``).
-Every response carries ``x-sim-pod: <host>:<port>``.
+Every response carries ``x-sim-pod: <host>:<port>``, and ``x-sim-content-length``: the
+request's ``content-length`` header as received ("none" when absent, e.g. chunked).
 
 Request handling:
 
@@ -214,6 +215,7 @@ class SimPod:
 
     async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers["x-sim-pod"] = self.address
+        response.headers["x-sim-content-length"] = request.headers.get("content-length", "none")
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response()
