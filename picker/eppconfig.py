@@ -35,6 +35,14 @@ SCHEDULING: dict[str, str] = {
     "random-picker": "random",
 }
 PICKERS = frozenset({"max-score-picker", "random-picker"})
+# The conformance suite's test plugins: picker has them under the same type names
+# (``picker.scheduling.testing``). The filter runs where the profile references it; the
+# verifier (a response hook, never in a profile) acts once declared.
+TESTING: dict[str, str] = {
+    "header-based-testing-filter": "header-based-testing-filter",
+    "destination-endpoint-served-verifier": "destination-endpoint-served-verifier",
+}
+FILTERS = frozenset({"header-based-testing-filter"})
 # Plugins picker takes with no scheduling instance: what they do is built into picker.
 BUILT_IN: dict[str, str] = {
     "single-profile-handler": "picker runs one scheduling profile",
@@ -142,7 +150,7 @@ def from_mapping(data: Mapping[str, Any], where: str) -> EppSettings:
             raise ValueError(f"{where}: plugin name {name!r} is declared twice")
         params = _mapping(entry.get("parameters"), f"{where}: plugin {name!r} parameters")
         declared[name] = (type_name, params)
-        if type_name not in SCHEDULING and type_name not in BUILT_IN:
+        if type_name not in SCHEDULING and type_name not in BUILT_IN and type_name not in TESTING:
             problems.append(f"plugin {name!r} (type {type_name})")
             continue
         for key in params:
@@ -159,8 +167,8 @@ def from_mapping(data: Mapping[str, Any], where: str) -> EppSettings:
     if problems:
         raise ValueError(
             f"{where}: no picker equivalent for: {'; '.join(problems)}. picker maps "
-            f"{', '.join(f'{k} → {v}' for k, v in SCHEDULING.items())} and takes "
-            f"{', '.join(BUILT_IN)}"
+            f"{', '.join(f'{k} → {v}' for k, v in SCHEDULING.items())}, the test plugins "
+            f"{', '.join(TESTING)}, and takes {', '.join(BUILT_IN)}"
         )
     settings = EppSettings(scheduler={})
     _scheduler(settings, declared, profiles[0] if profiles else {}, where)
@@ -182,6 +190,9 @@ def _scheduler(
     for name, (type_name, _params) in declared.items():
         if type_name in SCHEDULING and type_name not in PICKERS:
             plugins.append({"type": SCHEDULING[type_name], "name": name})
+        elif type_name in TESTING:
+            plugins.append({"type": TESTING[type_name], "name": name})
+    filters: list[str] = []
     scorers: dict[str, float] = {}
     picker, fallbacks = "max_score", 0
     have_picker = False
@@ -204,6 +215,9 @@ def _scheduler(
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"{where}: {ref_name}: maxNumOfEndpoints must be an integer >= 1")
             fallbacks = n - 1
+        elif type_name in FILTERS and weight is None:
+            if ref_name not in filters:
+                filters.append(str(ref_name))
         elif type_name in SCHEDULING:
             w = 1.0 if weight is None else weight
             if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
@@ -215,7 +229,7 @@ def _scheduler(
             )
     settings.scheduler = {
         "plugins": plugins,
-        "filters": [],
+        "filters": filters,
         "scorers": scorers,
         "picker": picker,
         "fallbacks": fallbacks,

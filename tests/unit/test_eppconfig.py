@@ -143,3 +143,57 @@ def test_engines_set_the_metric_names() -> None:
     )
     with pytest.raises(ValueError, match="cacheBlockSizeSpec"):
         engine("{engineConfigs: [{name: vllm, cacheBlockSizeSpec: x}]}")
+
+
+# The conformance suite's EndpointPickerConfig shape: both test plugins declared, the
+# filter in the profile (the verifier is a response hook, never in a profile).
+CONFORMANCE = (
+    HEAD
+    + """
+plugins:
+- type: header-based-testing-filter
+- type: destination-endpoint-served-verifier
+- type: max-score-picker
+schedulingProfiles:
+- name: conformance
+  plugins:
+  - pluginRef: header-based-testing-filter
+  - pluginRef: max-score-picker
+"""
+)
+
+
+def test_conformance_test_plugins_pass_through() -> None:
+    from picker.datalayer.datastore import Endpoint
+    from picker.request.types import InferenceRequest
+    from picker.scheduling.testing import SERVED_ECHO_HEADER
+
+    s = load_text(CONFORMANCE)
+    assert s.scheduler["filters"] == ["header-based-testing-filter"]
+    profile = build_profile(s.scheduler, env={})  # on by the config, not the environment
+    names = [type(f).__name__ for f in profile.filters]
+    assert names == ["SubsetFilter", "HeaderSelectionFilter"]
+    a, b = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    req = InferenceRequest(model="m", path="/v1/completions")
+    req.endpoint_selection = "10.0.0.2"
+    assert profile.schedule(req, [a, b]) == [b]
+    assert list(profile.response_headers(req, "10.0.0.2:8000")) == [
+        (SERVED_ECHO_HEADER, "10.0.0.2:8000")
+    ]
+
+
+def test_test_filter_declared_but_not_in_the_profile_does_not_filter() -> None:
+    text = CONFORMANCE.replace("  - pluginRef: header-based-testing-filter\n", "")
+    s = load_text(text)
+    assert s.scheduler["filters"] == []
+    profile = build_profile(s.scheduler, env={})
+    assert [type(f).__name__ for f in profile.filters] == ["SubsetFilter"]
+
+
+def test_test_filter_with_a_weight_is_an_error() -> None:
+    text = CONFORMANCE.replace(
+        "pluginRef: header-based-testing-filter",
+        "{pluginRef: header-based-testing-filter, weight: 1}",
+    )
+    with pytest.raises(ValueError, match="not a scorer"):
+        load_text(text)
