@@ -89,8 +89,8 @@ class Profile:
         totals = [0.0] * n
         if n > 1:
             for scorer, weight in self.scorers:
-                for i, s in enumerate(scorer.score(request, candidates)):
-                    totals[i] += weight * s
+                scores = scorer.score(request, candidates)
+                totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
         return self.picker.pick(request, candidates, totals)
 
     def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:

@@ -22,8 +22,8 @@ def inverse_scaled(values: Sequence[float], scale: float) -> list[float]:
     full score range and drown every other scorer at low load; anchoring at zero with a
     floor on the range keeps small differences small and large ones large.
     """
-    top = max(max(values), scale)
-    return [1.0 - v / top for v in values]
+    inv = 1.0 / max(max(values), scale)
+    return [1.0 - v * inv for v in values]
 
 
 class _ScaledScorer(Scorer):
@@ -54,7 +54,12 @@ class QueueScorer(_ScaledScorer):
     type = "queue"
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
-        return inverse_scaled([e.queue for e in candidates], self.scale)
+        # Endpoint.queue, inlined: this runs over every candidate on every request.
+        queues = [
+            e.metrics.waiting + (s if (s := e.sent_since_scrape) < (i := e.inflight) else i)
+            for e in candidates
+        ]
+        return inverse_scaled(queues, self.scale)
 
 
 class TokenLoadScorer(_ScaledScorer):
@@ -88,4 +93,4 @@ class KVCacheScorer(Scorer):
     type = "kv_cache"
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
-        return [max(0.0, 1.0 - e.metrics.kv_usage) for e in candidates]
+        return [1.0 - u if (u := e.metrics.kv_usage) < 1.0 else 0.0 for e in candidates]

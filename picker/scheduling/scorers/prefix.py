@@ -251,12 +251,13 @@ class PrefixScorer(DataProducer, Scorer):
         match = request.prefix
         if match is None or not match.matched:
             return [0.0] * len(candidates)
-        fractions = [match.fraction(e.address) for e in candidates]
-        best = max(fractions)
+        held = match.matched
+        n = match.blocks
+        fractions = [held.get(e.address, 0) / n for e in candidates]
+        best = max(held.values()) / n
         # Balance: is the best-matched pod much busier than the least busy one?
-        loads = [e.load for e in candidates]
-        hot = min(loads[i] for i, f in enumerate(fractions) if f == best)
-        idle = min(loads)
+        hot = min(e.load for e, f in zip(candidates, fractions, strict=True) if f == best)
+        idle = min([e.load for e in candidates])
         if hot - idle > self.balance_abs and hot > self.balance_rel * idle:
             return [0.0] * len(candidates)
         return fractions
