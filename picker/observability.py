@@ -5,12 +5,20 @@ dashboards built for it work unchanged (``inference_objective_*``, ``inference_p
 ``inference_extension_*``); picker-specific series use the ``picker_`` prefix.
 
 All metrics live in one ``Metrics`` object on its own registry, so tests and several
-in-process servers do not collide on the global default registry.
+in-process servers do not collide on the global default registry. ``docs/metrics.md``
+lists each of the endpoint picker's series with picker's status.
+
+Label values stay bounded. Model labels go through ``model_label``: a model picker is
+configured with (``pin_models``) always keeps its name; a pool serving ``*`` routes any
+name the client sends, so the first ``MAX_MODEL_LABELS`` other names keep theirs and
+later ones are counted as ``other`` (as the reference caps them). Per-pod labels come
+from the datastore and are removed with the pod.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -29,6 +37,10 @@ _SCHED_BUCKETS = (
     0.05,
     0.1,
 )
+MAX_MODEL_LABELS = 100
+OTHER_MODEL = "other"
+_TOKEN_BUCKETS = (1.0, *(float(2**i) for i in range(3, 21)))  # 1, 8, 16, ... 2**20
+_FLOW_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _REQ_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -42,8 +54,8 @@ class Metrics:
         # Requests, as the inference extension names them.
         self.request_total = Counter(
             "inference_objective_request_total",
-            "Requests routed, by model.",
-            ["model_name", "target_model_name"],
+            "Requests routed, by model, target model and objective priority.",
+            ["model_name", "target_model_name", "priority"],
             registry=r,
         )
         self.request_error_total = Counter(
@@ -72,6 +84,29 @@ class Metrics:
             buckets=(64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
             registry=r,
         )
+        # Token counts, known when the request is routed (picker sees no response body
+        # with the default Envoy config): the prompt's tokens (exact for token ids, else
+        # the chars_per_token estimate) and the part the chosen pod is expected to hold.
+        self.input_tokens = Histogram(
+            "inference_objective_input_tokens",
+            "Prompt tokens of routed requests (exact for token-id prompts, else estimated).",
+            ["model_name", "target_model_name"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.prompt_cached_tokens = Histogram(
+            "inference_objective_prompt_cached_tokens",
+            "Prompt tokens the chosen pod is expected to hold in its prefix cache.",
+            ["model_name", "target_model_name"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.rewrite_decisions = Counter(
+            "inference_extension_model_rewrite_decisions_total",
+            "Model rewrites applied, by rewrite object, model and target model.",
+            ["model_rewrite_name", "model_name", "target_model"],
+            registry=r,
+        )
         # picker's own outcome counter: every request ends in exactly one outcome.
         self.outcome_total = Counter(
             "picker_requests_total",
@@ -94,8 +129,8 @@ class Metrics:
         )
         self.scheduler_attempts = Counter(
             "inference_extension_scheduler_attempts_total",
-            "Scheduling attempts by result.",
-            ["status"],
+            "Scheduling attempts by result, target model and the chosen pod (success).",
+            ["status", "target_model_name", "pod_name", "namespace", "port"],
             registry=r,
         )
         # Pool and pod state (filled by the scraper).
@@ -124,6 +159,12 @@ class Metrics:
             "inference_pool_per_pod_queue_size",
             "Waiting-queue length per pod, as last scraped.",
             ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.pod_info = Gauge(
+            "picker_pod_info",
+            "1 per endpoint: its model_server_pod label, address and pod.",
+            ["name", "model_server_pod", "address", "pod_name", "namespace"],
             registry=r,
         )
         self.pod_kv = Gauge(
@@ -174,9 +215,38 @@ class Metrics:
             ["model_name"],
             registry=r,
         )
+        flow_labels = [
+            "fairness_id",
+            "priority",
+            "inference_pool",
+            "model_name",
+            "target_model_name",
+        ]
         self.flow_queue_size = Gauge(
             "inference_extension_flow_control_queue_size",
             "Requests currently waiting in picker's flow-control queue.",
+            flow_labels,
+            registry=r,
+        )
+        self.flow_queue_bytes = Gauge(
+            "inference_extension_flow_control_queue_bytes",
+            "Body bytes of the requests waiting in picker's flow-control queue.",
+            flow_labels,
+            registry=r,
+        )
+        self.flow_queue_duration = Histogram(
+            "inference_extension_flow_control_request_queue_duration_seconds",
+            "Time from entering flow control to the outcome (Dispatched, RejectedCapacity, "
+            "EvictedTTL, EvictedContextCancelled).",
+            [
+                "fairness_id",
+                "priority",
+                "outcome",
+                "inference_pool",
+                "model_name",
+                "target_model_name",
+            ],
+            buckets=_FLOW_BUCKETS,
             registry=r,
         )
         self.prefix_indexer_size = Gauge(
@@ -185,13 +255,38 @@ class Metrics:
             registry=r,
         )
 
-    def forget_endpoint(self, address: str) -> None:
-        """Drops the per-endpoint series of a removed endpoint (bounded under pod churn)."""
-        metric = self.endpoint_outcome_total
-        for key in [k for k in self._children if k[0] == id(metric) and k[1] == address]:
-            del self._children[key]
-            with contextlib.suppress(KeyError):
-                metric.remove(*key[1:])
+        self._models: set[str] = {""}  # model label values in use (pinned or admitted)
+        self._admitted = 0  # of them, names no configuration pinned
+
+    def pin_models(self, names: Iterable[str]) -> None:
+        """Model names picker is configured with: always their own label value."""
+        self._models.update(n for n in names if n and n != "*")
+
+    def model_label(self, name: str) -> str:
+        """``name`` as a model label value: bounded (see the module doc)."""
+        if name in self._models:
+            return name
+        if self._admitted < MAX_MODEL_LABELS:
+            self._admitted += 1
+            self._models.add(name)
+            return name
+        return OTHER_MODEL
+
+    def forget_endpoint(
+        self, address: str, pod_name: str = "", namespace: str = "", port: str = ""
+    ) -> None:
+        """Drops the per-endpoint series of a removed endpoint (bounded under pod churn):
+        its responses by ``address``, its scheduling attempts by pod, namespace, port."""
+        outcome, attempts = self.endpoint_outcome_total, self.scheduler_attempts
+        pod = (pod_name, namespace, port)
+        for key in list(self._children):
+            if (key[0] == id(outcome) and key[1] == address) or (
+                key[0] == id(attempts) and pod_name and key[3:] == pod
+            ):
+                del self._children[key]
+                metric = outcome if key[0] == id(outcome) else attempts
+                with contextlib.suppress(KeyError):
+                    metric.remove(*key[1:])
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: for the request path."""

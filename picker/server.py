@@ -52,6 +52,7 @@ class PickerServer:
         self.metrics = metrics or Metrics()
         self.metrics.info.info({"version": __version__})
         self.datastore: Datastore = config.datastore()
+        self.metrics.pin_models(_configured_models(config, self.datastore))
         handle = Handle(self.datastore, self.metrics, config.chars_per_token)
         self.profile: Profile = build_profile(config.scheduler, handle=handle, registry=registry)
         self.director = Director(config, self.datastore, self.profile, self.metrics)
@@ -81,7 +82,7 @@ class PickerServer:
         if removed:
             self.profile.on_endpoints_removed(removed)
             for ep in removed:
-                self.metrics.forget_endpoint(ep.address)
+                self.metrics.forget_endpoint(ep.address, ep.pod_name, ep.namespace, ep.port_label)
         scraper = self.scraper
         if scraper is not None and scraper.running:
             task = asyncio.get_running_loop().create_task(scraper.sync())
@@ -229,3 +230,12 @@ class PickerServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+def _configured_models(config: Config, datastore: Datastore) -> list[str]:
+    """Model names the configuration names: their metric labels are never capped."""
+    names = [m for pool in datastore.pools for m in pool.models | pool.adapters]
+    names += list(config.criticality)
+    for model, rule in config.model_rewrites.items():
+        names += [model, *rule.targets]
+    return names

@@ -16,7 +16,7 @@ The hot path only reads the rest.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from picker.datalayer.objectives import ObjectiveStore
@@ -58,6 +58,21 @@ class Endpoint:
     healthy: bool = True  # False while metrics are stale or scrapes fail
     scrape_failures: int = 0
     removed: bool = False  # taken out of the datastore (discovery); never routed again
+    # The pod behind the endpoint (discovery sets them; empty with static endpoints) and
+    # the index of its port in the pool's targetPorts: metric labels, as the EPP's.
+    pod_name: str = ""
+    namespace: str = ""
+    rank: int = 0
+
+    @property
+    def metric_name(self) -> str:
+        """The ``model_server_pod`` label: ``<pod>-rank-<i>`` as the EPP names a pod's
+        i-th target port, or the address when the pod is unknown (static endpoints)."""
+        return f"{self.pod_name}-rank-{self.rank}" if self.pod_name else self.address
+
+    @property
+    def port_label(self) -> str:
+        return self.address.rsplit(":", 1)[1]
 
     @property
     def host(self) -> str:
@@ -105,6 +120,9 @@ class Pool:
     def ready(self) -> list[Endpoint]:
         return [e for e in self.endpoints if e.healthy]
 
+
+PodRef = tuple[str, str, int]
+"""The pod behind an endpoint: (pod name, namespace, index of the port in targetPorts)."""
 
 EndpointListener = Callable[[Sequence[Endpoint], Sequence[Endpoint]], None]
 """Called with (added, removed) endpoints after each change of the datastore."""
@@ -174,7 +192,10 @@ class Datastore:
             self._notify(fresh, [])
 
     def set_endpoints(
-        self, pool_name: str, addresses: Iterable[str]
+        self,
+        pool_name: str,
+        addresses: Iterable[str],
+        pods: Mapping[str, PodRef] | None = None,
     ) -> tuple[list[Endpoint], list[Endpoint]]:
         """Makes ``pool_name``'s endpoints exactly ``addresses``: endpoints already there
         are kept as they are (metrics, in-flight counts), new ones are added, the others
@@ -182,14 +203,19 @@ class Datastore:
         pool = self._pool(pool_name)
         wanted = dict.fromkeys(addresses)
         gone = [ep.address for ep in pool.endpoints if ep.address not in wanted]
-        return self.update_endpoints(pool_name, add=wanted, remove=gone)
+        return self.update_endpoints(pool_name, add=wanted, remove=gone, pods=pods)
 
     def update_endpoints(
-        self, pool_name: str, add: Iterable[str] = (), remove: Iterable[str] = ()
+        self,
+        pool_name: str,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        pods: Mapping[str, PodRef] | None = None,
     ) -> tuple[list[Endpoint], list[Endpoint]]:
         """Adds and removes endpoints of ``pool_name`` (addresses it already has, or does
         not have, are left alone). Returns (added, removed); listeners hear of them once.
-        An address another pool has is not added (an address belongs to one pool)."""
+        An address another pool has is not added (an address belongs to one pool).
+        ``pods`` names the pod of an added address (pod name, namespace, port index)."""
         pool = self._pool(pool_name)
         current = {ep.address: ep for ep in pool.endpoints}
         removed: list[Endpoint] = []
@@ -211,6 +237,9 @@ class Datastore:
                 )
                 continue
             ep = current[address] = Endpoint(address=address, pool=pool_name)
+            ref = pods.get(address) if pods else None
+            if ref is not None:
+                ep.pod_name, ep.namespace, ep.rank = ref
             added.append(ep)
         if not added and not removed:
             return [], []

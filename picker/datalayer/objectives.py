@@ -54,9 +54,12 @@ class RewriteRule:
     matches: tuple[str, ...]
     targets: tuple[str, ...]
     cumulative: tuple[int, ...]
+    name: str = ""  # the InferenceModelRewrite's name ("" for the static configuration)
 
     @classmethod
-    def build(cls, matches: Iterable[str], targets: Sequence[tuple[str, int]]) -> RewriteRule:
+    def build(
+        cls, matches: Iterable[str], targets: Sequence[tuple[str, int]], name: str = ""
+    ) -> RewriteRule:
         if not targets:
             raise ValueError("a model rewrite rule needs at least one target")
         total = 0
@@ -72,7 +75,7 @@ class RewriteRule:
                 )
             total += weight
             cumulative.append(total)
-        return cls(tuple(matches), tuple(m for m, _ in targets), tuple(cumulative))
+        return cls(tuple(matches), tuple(m for m, _ in targets), tuple(cumulative), name)
 
     @property
     def total(self) -> int:

@@ -278,16 +278,21 @@ class Scraper:
         m = self.metrics
         gauges: tuple[Any, ...] = (m.pod_queue, m.pod_kv, m.pod_running, m.pod_inflight)
         gauges += (m.pod_ready, m.scrape_age, m.scrape_errors)
-        return tuple(g.labels(ep.pool, ep.address) for g in gauges)
+        name = ep.metric_name
+        m.pod_info.labels(ep.pool, name, ep.address, ep.pod_name, ep.namespace).set(1)
+        return tuple(g.labels(ep.pool, name) for g in gauges)
 
     def _remove_gauges(self, t: _Target) -> None:
         m = self.metrics
+        ep, name = t.ep, t.ep.metric_name
         for g in (m.pod_queue, m.pod_kv, m.pod_running, m.pod_inflight, m.pod_ready):
             with contextlib.suppress(KeyError):
-                g.remove(t.ep.pool, t.ep.address)
+                g.remove(ep.pool, name)
         for c in (m.scrape_age, m.scrape_errors):
             with contextlib.suppress(KeyError):
-                c.remove(t.ep.pool, t.ep.address)
+                c.remove(ep.pool, name)
+        with contextlib.suppress(KeyError):
+            m.pod_info.remove(ep.pool, name, ep.address, ep.pod_name, ep.namespace)
         if not any(o.ep.pool == t.ep.pool for o in self._targets.values()):
             for g in (m.pool_ready_pods, m.pool_avg_kv, m.pool_avg_queue, m.pool_avg_running):
                 with contextlib.suppress(KeyError):

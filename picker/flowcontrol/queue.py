@@ -35,13 +35,25 @@ class Held:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     cancelled: bool = False
+    # Metric labels (fairness_id, priority, inference_pool, model_name, target_model_name),
+    # set by admission; and when it was parked (time.monotonic()).
+    labels: tuple[str, str, str, str, str] = ("", "", "", "", "")
+    queued_at: float = 0.0
+
+
+Leave = Callable[[Held, str], None]
+"""Told of each request leaving the queue, with the EPP's outcome name: ``Dispatched``,
+``EvictedTTL`` (waited ``max_wait``) or ``EvictedContextCancelled`` (client gone)."""
 
 
 class FlowQueue:
-    def __init__(self, max_queue: int = 1000, max_wait: float = 5.0) -> None:
+    def __init__(
+        self, max_queue: int = 1000, max_wait: float = 5.0, on_leave: Leave | None = None
+    ) -> None:
         self.max_queue = max_queue
         self.max_wait = max_wait
         self.size = 0
+        self._on_leave = on_leave
         # pool name -> criticality -> model -> FIFO; OrderedDict rotation = round robin
         self._queues: dict[str, dict[Criticality, OrderedDict[str, deque[Held]]]] = {}
 
@@ -49,7 +61,8 @@ class FlowQueue:
         """Parks ``request``; None when the queue is full (the caller answers 429)."""
         if self.size >= self.max_queue:
             return None
-        held = Held(request, pool, time.monotonic() + self.max_wait, body_len)
+        now = time.monotonic()
+        held = Held(request, pool, now + self.max_wait, body_len, queued_at=now)
         by_crit = self._queues.setdefault(pool.name, {})
         by_model = by_crit.setdefault(request.criticality, OrderedDict())
         by_model.setdefault(request.model, deque()).append(held)
@@ -76,15 +89,15 @@ class FlowQueue:
                     model, fifo = next(iter(by_model.items()))
                     held = fifo[0]
                     if held.cancelled or held.future.done():
-                        self._pop(by_model, model, fifo)
+                        self._pop(by_model, model, fifo, "EvictedContextCancelled")
                         continue
                     if held.deadline <= now:
-                        self._pop(by_model, model, fifo)
+                        self._pop(by_model, model, fifo, "EvictedTTL")
                         expire(held)
                         continue
                     if not can_dispatch(held.pool):
                         break
-                    self._pop(by_model, model, fifo)
+                    self._pop(by_model, model, fifo, "Dispatched")
                     if model in by_model:
                         by_model.move_to_end(model)  # next model's turn
                     dispatch(held)
@@ -93,14 +106,22 @@ class FlowQueue:
                 for model, fifo in list(by_model.items()):
                     while fifo and (fifo[0].deadline <= now or fifo[0].cancelled):
                         held = fifo.popleft()
-                        self.size -= 1
+                        self._left(
+                            held, "EvictedContextCancelled" if held.cancelled else "EvictedTTL"
+                        )
                         if not held.cancelled:
                             expire(held)
                     if not fifo:
                         del by_model[model]
 
-    def _pop(self, by_model: OrderedDict[str, deque[Held]], model: str, fifo: deque[Held]) -> None:
-        fifo.popleft()
-        self.size -= 1
+    def _pop(
+        self, by_model: OrderedDict[str, deque[Held]], model: str, fifo: deque[Held], outcome: str
+    ) -> None:
+        self._left(fifo.popleft(), outcome)
         if not fifo:
             del by_model[model]
+
+    def _left(self, held: Held, outcome: str) -> None:
+        self.size -= 1
+        if self._on_leave is not None:
+            self._on_leave(held, outcome)

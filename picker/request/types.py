@@ -77,6 +77,8 @@ class InferenceRequest:
     adapter: str | None = None
     path: str = "/"
     criticality: Criticality = Criticality.STANDARD
+    # The objective's priority (InferenceObjective), else the criticality's: -1, 0, 1.
+    priority: int = 0
     prompt_tokens: int = 0
     token_ids: list[int] | None = None
     batch: bool = False
@@ -89,6 +91,9 @@ class InferenceRequest:
     # body to forward; both None when the request is forwarded unchanged.
     incoming_model: str | None = None
     body: bytes | None = None
+    # Bounded metric label values (``Metrics.model_label``): model_name,
+    # target_model_name, priority; set by the director once the pool is known.
+    labels: tuple[str, str, str] = ("", "", "0")
     # Data producers' output (see the module doc).
     prefix: PrefixMatch | None = None
     kv_prefix: PrefixMatch | None = None

@@ -75,11 +75,15 @@ class Accounting:
         primary.sent_since_scrape += 1
         primary.inflight_tokens += tokens
         m = self.metrics
-        model, target = request.incoming_model or request.model, request.model
-        m.child(m.request_total, model, target).inc()
+        model, target, priority = request.labels
+        m.child(m.request_total, model, target, priority).inc()
         m.child(m.running_requests, model).inc()
         if body_len:
             m.child(m.request_sizes, model, target).observe(body_len)
+        if request.prompt_tokens:
+            m.child(m.input_tokens, model, target).observe(request.prompt_tokens)
+            cached = request.cached_tokens(primary.address)
+            m.child(m.prompt_cached_tokens, model, target).observe(cached)
         return Routed(request, pool, ranked, started, served=primary, tokens=tokens)
 
     def move(self, routed: Routed, new: Endpoint) -> None:
@@ -104,8 +108,7 @@ class Accounting:
         routed.finished = True
         ok = 0 < status < 500
         m = self.metrics
-        request = routed.request
-        model, target = request.incoming_model or request.model, request.model
+        model, target, _ = routed.request.labels
         ep = routed.served
         if ep is not None:
             # A removed endpoint (discovery) is detached: its counts drain here, and it

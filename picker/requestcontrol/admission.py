@@ -17,6 +17,7 @@ any are held (scrapes change pod state without any request ending).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from enum import Enum
 
@@ -28,6 +29,7 @@ from picker.observability import Metrics
 from picker.request.types import Criticality, InferenceRequest
 
 _CRITICALITY_NAMES = {c.name.lower(): c for c in Criticality}
+_PRIORITY = {Criticality.SHEDDABLE: -1, Criticality.STANDARD: 0, Criticality.CRITICAL: 1}
 
 
 class Verdict(Enum):
@@ -57,22 +59,28 @@ class Admission:
         self._queue_threshold = sat.queue_threshold
         self._kv_threshold = sat.kv_threshold
         fc = config.flow_control
-        self.flow = FlowQueue(fc.max_queue, fc.max_wait_seconds) if fc.enabled else None
+        self.flow = FlowQueue(fc.max_queue, fc.max_wait_seconds, self._left) if fc.enabled else None
         self._pump_task: asyncio.Task[None] | None = None
         self._pump_interval = max(0.005, min(0.05, config.scrape.interval))
 
     def criticality(self, model: str, objective: str | None) -> Criticality:
+        return self.classify(model, objective)[0]
+
+    def classify(self, model: str, objective: str | None) -> tuple[Criticality, int]:
+        """The request's criticality and priority: an InferenceObjective's own priority,
+        else the criticality's (sheddable -1, standard 0, critical 1)."""
         if objective:
             named = _CRITICALITY_NAMES.get(objective.lower())
             if named is not None:
-                return named
+                return named, _PRIORITY[named]
             priority = self.objectives.priority(objective)
             if priority is not None:
-                return criticality_of(priority)
+                return criticality_of(priority), priority
             crit = self.config.criticality.get(objective)
             if crit is not None:
-                return crit
-        return self.config.criticality.get(model, self.config.default_criticality)
+                return crit, _PRIORITY[crit]
+        crit = self.config.criticality.get(model, self.config.default_criticality)
+        return crit, _PRIORITY[crit]
 
     def saturated(self, candidates: list[Endpoint]) -> bool:
         """True when every candidate is past the queue or the KV-cache threshold."""
@@ -88,15 +96,20 @@ class Admission:
         m = self.metrics
         if self.flow is not None:
             held = self.flow.hold(request, pool, body_len)
+            model, target, priority = request.labels
             if held is None:
-                m.child(m.shed_total, request.model).inc()
+                m.child(m.shed_total, target).inc()
+                labels = (target, priority, "RejectedCapacity", pool.name, model, target)
+                m.child(m.flow_queue_duration, *labels).observe(0.0)
                 return Verdict.QUEUE_FULL, None
-            m.child(m.queued_total, request.model).inc()
-            m.flow_queue_size.set(self.flow.size)
+            m.child(m.queued_total, target).inc()
+            held.labels = (target, priority, pool.name, model, target)
+            m.child(m.flow_queue_size, *held.labels).inc()
+            m.child(m.flow_queue_bytes, *held.labels).inc(body_len)
             self._ensure_pump()
             return Verdict.HOLD, held
         if request.criticality is Criticality.SHEDDABLE:
-            m.child(m.shed_total, request.model).inc()
+            m.child(m.shed_total, request.labels[1]).inc()
             return Verdict.SHED, None
         return Verdict.ADMIT, None
 
@@ -111,7 +124,16 @@ class Admission:
         flow = self.flow
         if flow is not None and flow.size:
             flow.pump(self._can_dispatch, self._dispatch, self._expire)
-            self.metrics.flow_queue_size.set(flow.size)
+
+    def _left(self, held: Held, outcome: str) -> None:
+        """``held`` left the flow-control queue with ``outcome`` (the EPP's names)."""
+        m = self.metrics
+        fairness, priority, pool, model, target = held.labels
+        m.child(m.flow_queue_size, *held.labels).dec()
+        m.child(m.flow_queue_bytes, *held.labels).dec(held.body_len)
+        waited = time.monotonic() - held.queued_at
+        labels = (fairness, priority, outcome, pool, model, target)
+        m.child(m.flow_queue_duration, *labels).observe(waited)
 
     def cancel(self, held: Held) -> None:
         if self.flow is not None:

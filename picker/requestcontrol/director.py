@@ -87,11 +87,16 @@ class Director:
             except RequestError as err:
                 return self.reject("", err, "invalid_request")
             rule = self.objectives.rewrite_for(req.model)
+            incoming = req.model
             if rule is not None:
                 self._rewrite(req, body, rule.choose(self.rng))
             pool = self.datastore.pool_for(req.model)
             if pool is None:  # the client's model name is not a metric label: unbounded
                 return self.reject("", errors.model_not_found(req.model), "not_found")
+            m = self.metrics
+            if rule is not None:
+                labels = (rule.name, m.model_label(incoming), m.model_label(req.model))
+                m.child(m.rewrite_decisions, *labels).inc()
             ids = req.token_ids
             req.prompt_tokens = (
                 len(ids) if ids is not None else int(len(req.prompt) / self._chars_per_token) + 1
@@ -106,14 +111,17 @@ class Director:
             req = InferenceRequest(model="", path=path.split("?", 1)[0])
         if req.model and req.model in pool.adapters:
             req.adapter = req.model
-        req.criticality = self.admission.criticality(req.model, objective)
+        req.criticality, priority = self.admission.classify(req.model, objective)
+        req.priority = priority
+        ml = self.metrics.model_label
+        req.labels = (ml(req.incoming_model or req.model), ml(req.model), str(priority))
         req.subset = subset
         req.endpoint_selection = endpoint_selection
 
         candidates = pool.ready()
         if not candidates:
             reason = f"no ready endpoint for pool {pool.name!r}"
-            return self.reject(req.model, errors.no_capacity(reason), "no_endpoint")
+            return self.reject(req.labels[1], errors.no_capacity(reason), "no_endpoint")
         body_len = len(body) if body else 0
         verdict, held = self.admission.admit(req, pool, candidates, body_len)
         if verdict is Verdict.ADMIT:
@@ -121,7 +129,7 @@ class Director:
         if held is not None:
             return held
         message = "The gateway's wait queue is full." if verdict is Verdict.QUEUE_FULL else ""
-        return self.reject(req.model, errors.overloaded(message), "shed")
+        return self.reject(req.labels[1], errors.overloaded(message), "shed")
 
     @staticmethod
     def _rewrite(req: InferenceRequest, body: bytes, target: str) -> None:
@@ -149,15 +157,18 @@ class Director:
         m = self.metrics
         ranked = self.profile.schedule(req, candidates)
         m.scheduler_duration.observe(time.perf_counter() - started)
+        target = req.labels[1]
         if not ranked:
-            m.child(m.scheduler_attempts, "failure").inc()
+            m.child(m.scheduler_attempts, "failure", target, "", "", "").inc()
             reason = (
                 "no endpoint in the proxy's subset is eligible"
                 if req.subset is not None
                 else "no eligible endpoint"
             )
-            return self.reject(req.model, errors.no_capacity(reason), "no_endpoint")
-        m.child(m.scheduler_attempts, "success").inc()
+            return self.reject(target, errors.no_capacity(reason), "no_endpoint")
+        ep = ranked[0]
+        pod = ep.pod_name or ep.host  # static endpoints: no pod name, the host instead
+        m.child(m.scheduler_attempts, "success", target, pod, ep.namespace, ep.port_label).inc()
         routed = self.accounting.charge(req, pool, ranked, started, body_len)
         self.profile.on_pick(req, ranked[0])
         return routed
@@ -172,7 +183,7 @@ class Director:
         held.future.set_result(result)
 
     def _expire(self, held: Held) -> None:
-        model = held.request.model
+        model = held.request.labels[1]
         m = self.metrics
         m.child(m.shed_total, model).inc()
         err = errors.overloaded("The model servers stayed saturated; retry later.")

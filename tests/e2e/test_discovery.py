@@ -107,8 +107,10 @@ async def scraped(session: aiohttp.ClientSession, stack: Stack) -> set[str]:
         text = await r.text()
     out = set()
     for line in text.splitlines():
-        if line.startswith("inference_pool_per_pod_queue_size{"):
-            out.add(line.split('model_server_pod="', 1)[1].split('"', 1)[0])
+        # Per-pod series are labelled <pod>-rank-<i> in cluster mode; picker_pod_info
+        # maps that label to the address.
+        if line.startswith("picker_pod_info{"):
+            out.add(line.split('address="', 1)[1].split('"', 1)[0])
     return out
 
 

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from picker.datalayer.datastore import Datastore
+from picker.datalayer.datastore import Datastore, PodRef
 from picker.datalayer.discovery.client import KubeClient
 from picker.datalayer.discovery.objectives import ObjectiveWatch
 from picker.datalayer.discovery.objects import (
@@ -294,7 +294,15 @@ class Discovery:
             self._by_pod[name] = new
         else:
             self._by_pod.pop(name, None)
-        self._apply(old, new)
+        self._apply(old, new, self._pod_refs(name, pod))
+
+    def _pod_refs(self, name: str, pod: PodInfo | None) -> dict[str, PodRef]:
+        """Address → (pod name, namespace, port index): the endpoints' metric labels."""
+        spec = self.spec
+        if pod is None or spec is None:
+            return {}
+        ns = self.namespace
+        return {a: (name, ns, i) for a, i in pod.ranks(spec.target_ports).items()}
 
     def _endpoints_of(self, pod: PodInfo | None) -> tuple[str, ...]:
         spec = self.spec
@@ -305,17 +313,22 @@ class Discovery:
     def _replace(self, pods: dict[str, PodInfo]) -> None:
         """Makes the pool's endpoints those of ``pods`` (after a list or a spec change)."""
         by_pod: dict[str, tuple[str, ...]] = {}
+        refs_of: dict[str, PodRef] = {}
         for name, pod in pods.items():
             eps = self._endpoints_of(pod)
             if eps:
                 by_pod[name] = eps
+                for a, ref in self._pod_refs(name, pod).items():
+                    refs_of.setdefault(a, ref)
         refs: Counter[str] = Counter()
         for eps in by_pod.values():
             refs.update(eps)
         self._by_pod, self._refs = by_pod, refs
-        self.datastore.set_endpoints(self.pool, list(refs))
+        self.datastore.set_endpoints(self.pool, list(refs), pods=refs_of)
 
-    def _apply(self, old: tuple[str, ...], new: tuple[str, ...]) -> None:
+    def _apply(
+        self, old: tuple[str, ...], new: tuple[str, ...], pods: dict[str, PodRef] | None = None
+    ) -> None:
         refs = self._refs
         add: list[str] = []
         remove: list[str] = []
@@ -333,7 +346,7 @@ class Discovery:
             if refs[a] == 1:
                 add.append(a)
         if add or remove:
-            self.datastore.update_endpoints(self.pool, add=add, remove=remove)
+            self.datastore.update_endpoints(self.pool, add=add, remove=remove, pods=pods)
 
     def _set_ready(self, ready: bool) -> None:
         if ready == self.ready:

@@ -98,6 +98,7 @@ def rewrite_info(raw: dict[str, Any]) -> RewriteInfo | None:
     spec = _spec(raw)
     pool = _pool_ref(spec)
     meta = raw.get("metadata") or {}
+    name = meta.get("name", "") if isinstance(meta, dict) else ""
     rules: list[RewriteRule] = []
     for i, rule in enumerate(spec.get("rules") or ()):
         if not isinstance(rule, dict):
@@ -118,11 +119,10 @@ def rewrite_info(raw: dict[str, Any]) -> RewriteInfo | None:
                 continue
             targets.append((t.get("modelRewrite") or "", 1 if weight is None else weight))
         try:
-            rules.append(RewriteRule.build(matches, targets))
+            rules.append(RewriteRule.build(matches, targets, name=str(name)))
         except ValueError as e:
             raise InvalidObject(f"spec.rules[{i}]: {e}") from None
     created = meta.get("creationTimestamp") if isinstance(meta, dict) else ""
-    name = meta.get("name", "") if isinstance(meta, dict) else ""
     spec_out = RewriteSpec(str(name), str(created or ""), tuple(rules))
     return None if _deleting(raw) else RewriteInfo(pool, spec_out)
 

@@ -51,6 +51,11 @@ class PodInfo:
         active = self.active_ports
         return tuple(f"{host}:{p}" for p in ports if active is None or p in active)
 
+    def ranks(self, ports: tuple[int, ...]) -> dict[str, int]:
+        """Each endpoint's index in ``ports`` (the EPP's ``-rank-<i>`` of its name)."""
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return {f"{host}:{p}": i for i, p in enumerate(ports)}
+
 
 @dataclass(frozen=True, slots=True)
 class PoolSpec:

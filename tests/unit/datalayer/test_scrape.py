@@ -330,6 +330,28 @@ async def test_gauges(server: MetricsServer) -> None:
         assert value("inference_pool_average_running_requests", name="p") == 4
 
 
+async def test_discovered_pods_label_their_series_by_pod(server: MetricsServer) -> None:
+    """In cluster mode the per-pod series name the pod as the EPP does (<pod>-rank-<i>);
+    picker_pod_info maps that name to the address, and both go with the pod."""
+    store = make_store()
+    metrics = Metrics()
+    async with running(Scraper(store, metrics, interval=0.01, gauge_interval=0.02)) as sc:
+        store.set_endpoints("p", [server.address], {server.address: ("vllm-a", "ns", 1)})
+        await sc.sync()
+        pod = {"name": "p", "model_server_pod": "vllm-a-rank-1"}
+        get = metrics.registry.get_sample_value
+        await until(lambda: get("inference_pool_per_pod_queue_size", pod) == 3)
+        assert get("picker_pod_ready", pod) == 1
+        info = {**pod, "address": server.address, "pod_name": "vllm-a", "namespace": "ns"}
+        assert get("picker_pod_info", info) == 1
+        by_address = {"name": "p", "model_server_pod": server.address}
+        assert get("inference_pool_per_pod_queue_size", by_address) is None
+        store.set_endpoints("p", [])
+        await sc.sync()
+        assert get("inference_pool_per_pod_queue_size", pod) is None
+        assert get("picker_pod_info", info) is None
+
+
 async def test_sync_adds_and_removes_endpoints(server: MetricsServer) -> None:
     store = make_store()
     metrics = Metrics()

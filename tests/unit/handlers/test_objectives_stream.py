@@ -51,8 +51,10 @@ async def test_rewrite_full_duplex_sends_new_body_and_content_length() -> None:
     assert orjson.loads(new) == {"model": "m-v2", "prompt": "hello there", "max_tokens": 3}
     assert hdrs["content-length"] == str(len(new)) and len(new) != len(BODY)
     reg = director.metrics.registry
-    labels = {"model_name": "m", "target_model_name": "m-v2"}
+    labels = {"model_name": "m", "target_model_name": "m-v2", "priority": "0"}
     assert reg.get_sample_value("inference_objective_request_total", labels) == 1
+    rewrite = {"model_rewrite_name": "", "model_name": "m", "target_model": "m-v2"}
+    assert reg.get_sample_value("inference_extension_model_rewrite_decisions_total", rewrite) == 1
 
 
 async def test_rewrite_buffered_mutates_the_body_response() -> None:
