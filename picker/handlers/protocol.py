@@ -108,17 +108,22 @@ def status_of(headers: Any) -> int:
     return 0
 
 
-def subset_hint(req: Any) -> frozenset[str] | None:
-    """The proxy's allowed endpoints, or None when it sent no hint."""
+def _metadata_value(req: Any, namespace: str, key: str) -> Any | None:
+    """The value of ``key`` in the request's ``namespace`` filter metadata, if sent."""
     if not req.HasField("metadata_context"):
         return None
     fm = req.metadata_context.filter_metadata
-    if SUBSET_NS not in fm:
+    if namespace not in fm:
         return None
-    fields = fm[SUBSET_NS].fields
-    if SUBSET_KEY not in fields:
+    fields = fm[namespace].fields
+    return fields.get(key)
+
+
+def subset_hint(req: Any) -> frozenset[str] | None:
+    """The proxy's allowed endpoints, or None when it sent no hint."""
+    value = _metadata_value(req, SUBSET_NS, SUBSET_KEY)
+    if value is None:
         return None
-    value = fields[SUBSET_KEY]
     kind = value.WhichOneof("kind")
     if kind == "list_value":
         values = value.list_value.values
@@ -130,16 +135,11 @@ def subset_hint(req: Any) -> frozenset[str] | None:
 
 
 def served_address(req: Any) -> str | None:
-    if not req.HasField("metadata_context"):
+    value = _metadata_value(req, LB_NS, SERVED)
+    if value is None:
         return None
-    fm = req.metadata_context.filter_metadata
-    if LB_NS not in fm:
-        return None
-    fields = fm[LB_NS].fields
-    if SERVED not in fields:
-        return None
-    value: str = fields[SERVED].string_value
-    return value or None
+    served: str = value.string_value
+    return served or None
 
 
 def immediate(rejected: Rejected) -> bytes:

@@ -157,10 +157,7 @@ class KubeClient:
     ) -> AsyncIterator[tuple[list[Any], str]]:
         """Pages of ``(items, resourceVersion)``; the last page's version is the list's."""
         params = {"limit": str(self.page_size)}
-        if label_selector:
-            params["labelSelector"] = label_selector
-        if field_selector:
-            params["fieldSelector"] = field_selector
+        _add_selectors(params, label_selector, field_selector)
         while True:
             doc = await self._get_json(path, params)
             meta = doc.get("metadata") or {}
@@ -197,10 +194,7 @@ class KubeClient:
         }
         if bookmarks:
             params["allowWatchBookmarks"] = "true"
-        if label_selector:
-            params["labelSelector"] = label_selector
-        if field_selector:
-            params["fieldSelector"] = field_selector
+        _add_selectors(params, label_selector, field_selector)
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.request_timeout, sock_read=timeout_seconds + 30
         )
@@ -275,3 +269,10 @@ def _event(line: bytes) -> WatchEvent:
     if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
         raise BadStream(f"unknown watch event type {kind!r}")
     return WatchEvent(kind, obj)
+
+
+def _add_selectors(params: dict[str, str], label_selector: str, field_selector: str) -> None:
+    if label_selector:
+        params["labelSelector"] = label_selector
+    if field_selector:
+        params["fieldSelector"] = field_selector
