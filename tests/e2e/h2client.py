@@ -50,6 +50,8 @@ class H2Client:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.frames: list[Frame] = []
         self.closed = threading.Event()
+        self.settings_acked = threading.Event()
+        self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._encoder = hpack.Encoder()
@@ -61,12 +63,18 @@ class H2Client:
             self._reader.start()
 
     def send(self, data: bytes) -> bool:
-        """Sends ``data``; False when the server closed the connection."""
-        try:
-            self.sock.sendall(data)
-            return True
-        except OSError:
-            return False
+        """Sends ``data``; False when the server closed the connection. One writer at a
+        time: the reader thread's SETTINGS ACK never lands inside a test's frames."""
+        with self._send_lock:
+            try:
+                self.sock.sendall(data)
+                return True
+            except OSError:
+                return False
+
+    def wait_settings(self, timeout: float = 5.0) -> bool:
+        """Waits until the server's SETTINGS arrived and were acknowledged."""
+        return self.settings_acked.wait(timeout)
 
     def headers(self, sid: int, end_stream: bool = False, path: str = PROCESS) -> bytes:
         block: bytes = self._encoder.encode(
@@ -99,6 +107,7 @@ class H2Client:
                     buf = buf[9 + n :]
                     if f.type == SETTINGS and not f.flags & ACK:
                         self.send(frame(SETTINGS, ACK, 0))
+                        self.settings_acked.set()
                     if f.type == DATA:  # keep memory flat: payloads are not needed
                         f.payload = b"x" * min(len(f.payload), 16)
                     with self._lock:

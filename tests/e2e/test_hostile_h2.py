@@ -109,6 +109,7 @@ def routed_stream(c: H2Client, sid: int) -> None:
 def test_continuation_flood_is_cut_at_the_header_limit(picker: Picker) -> None:
     before = picker.peak_rss_mib()
     c = H2Client(picker.port)
+    assert c.wait_settings()  # no SETTINGS ACK can come between HEADERS and CONTINUATION
     c.send(frame(HEADERS, 0, 1, c.headers(1)[9:]))
     chunk = frame(CONTINUATION, 0, 1, b"\x00" * MIB)
     sent = sum(1 for _ in range(256) if c.send(chunk))
@@ -241,6 +242,7 @@ MALFORMED: list[tuple[str, bytes, int]] = [
 @pytest.mark.parametrize(("name", "data", "code"), MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_malformed_frames_get_goaway(picker: Picker, name: str, data: bytes, code: int) -> None:
     c = H2Client(picker.port)
+    assert c.wait_settings()
     c.send(data)
     assert c.goaway_code() == code, name
     assert c.wait_closed()
