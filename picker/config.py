@@ -58,7 +58,12 @@ class PoolConfig:
 
 @dataclass
 class ScrapeConfig:
-    interval: float = 0.05
+    interval: float = 0.05  # the shortest time between two polls of one pod
+    # The observation budget (picker/datalayer/budget.py): polls may cost each pod at most
+    # this share of its time, from its measured scrape cost; 0: poll every ``interval``.
+    budget: float = 0.01
+    max_interval: float = 2.0  # the longest time between two regular polls
+    early_after: int = 8  # requests sent since the last scrape that call for an early poll
     timeout: float = 1.0
     stale_after: float = 1.0
     max_failures: int = 3

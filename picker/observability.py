@@ -197,6 +197,25 @@ class Metrics:
             ["name", "model_server_pod"],
             registry=r,
         )
+        self.scrape_cost = Gauge(
+            "picker_pod_scrape_seconds",
+            "Time one /metrics scrape of the pod takes (moving average): its cost to the pod.",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.scrape_interval = Gauge(
+            "picker_pod_scrape_interval_seconds",
+            "Seconds between regular polls of the pod, from its cost and the budget.",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
+        self.scrape_share = Gauge(
+            "picker_pod_observation_share",
+            "Share of the pod's time picker's polls took over the last 10 s (budget: "
+            "scrape.budget).",
+            ["name", "model_server_pod"],
+            registry=r,
+        )
         self.scrape_age = Gauge(
             "picker_scrape_age_seconds",
             "Seconds since the pod's last successful scrape.",

@@ -1,7 +1,10 @@
 """Background scraping of model-server ``/metrics`` into the datastore.
 
-One asyncio task per endpoint polls ``GET /metrics`` every ``interval`` seconds over its
-own persistent HTTP/1.1 keep-alive connection (``picker.datalayer.http``). Each success publishes
+One asyncio task per endpoint polls ``GET /metrics`` over its own persistent HTTP/1.1
+keep-alive connection (``picker.datalayer.http``), as often as the observation budget
+allows (``picker.datalayer.budget``: each pod's measured scrape cost over the budget
+share, between ``interval`` and ``max_interval``; earlier when many requests were sent
+to the pod since its last scrape and the budget has room). Each success publishes
 a new immutable ``EndpointMetrics`` snapshot on the endpoint and resets
 ``sent_since_scrape``; the hot path only ever reads whole snapshots.
 
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picker.config import Config
+from picker.datalayer.budget import ScrapeBudget
 from picker.datalayer.datastore import Datastore, Endpoint, Pool
 from picker.datalayer.http import HTTPConnection
 from picker.datalayer.metrics_text import (
@@ -60,7 +64,10 @@ class _Target:
     names: MetricNames
     conn: HTTPConnection
     started: float
+    budget: ScrapeBudget = field(default_factory=ScrapeBudget)
     last_ok: float = 0.0  # monotonic time of the last successful scrape
+    last_start: float = 0.0  # monotonic time the last scrape started
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # poll early
     attempted: bool = False
     last_error: str = ""
     task: asyncio.Task[None] | None = None
@@ -90,6 +97,9 @@ class Scraper:
         path: str = "/metrics",
         names_for: NamesFor | None = None,
         gauge_interval: float = 1.0,
+        budget: float = 0.0,
+        max_interval: float = 2.0,
+        early_after: int = 8,
     ) -> None:
         if interval <= 0 or timeout <= 0 or stale_after <= 0 or max_failures < 1:
             raise ValueError("interval, timeout, stale_after must be > 0; max_failures >= 1")
@@ -101,6 +111,9 @@ class Scraper:
         self.max_failures = max_failures
         self.path = path
         self.gauge_interval = gauge_interval
+        self.budget = budget
+        self.max_interval = max(max_interval, interval)
+        self.early_after = early_after
         self._names_for: NamesFor = names_for if names_for is not None else MODEL_SERVERS
         self.first_scrape_done = asyncio.Event()
         self._targets: dict[str, _Target] = {}
@@ -123,6 +136,9 @@ class Scraper:
             max_failures=s.max_failures,
             path=s.path,
             names_for=lambda pool: names_from_config(pool.model_server, overrides.get(pool.name)),
+            budget=s.budget,
+            max_interval=s.max_interval,
+            early_after=s.early_after,
         )
 
     # --- lifecycle --------------------------------------------------------------------
@@ -183,6 +199,7 @@ class Scraper:
                 names=names,
                 conn=HTTPConnection(ep.host, ep.port, self.path),
                 started=time.monotonic(),
+                budget=ScrapeBudget(self.budget, self.interval, self.max_interval),
                 gauges=self._gauge_children(ep),
             )
             t.task = asyncio.create_task(self._run(t), name=f"scrape {ep.address}")
@@ -202,7 +219,6 @@ class Scraper:
     # --- scraping ---------------------------------------------------------------------
 
     async def _run(self, t: _Target) -> None:
-        next_at = time.monotonic()
         try:
             while True:
                 ok = await self._scrape_once(t)
@@ -210,20 +226,24 @@ class Scraper:
                     t.attempted = True
                     self._check_first_done()
                 now = time.monotonic()
-                if ok:  # fixed rate
-                    next_at = max(next_at + self.interval, now)
+                if ok:  # the budget's rate, counted from the last start
+                    next_at = max(t.last_start + t.budget.interval(), now)
                 else:  # capped exponential backoff
                     exp = min(t.ep.scrape_failures - 1, 16)
                     next_at = now + min(self.interval * 2**exp, max(self.interval, MAX_BACKOFF))
-                await asyncio.sleep(next_at - now)
+                t.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(t.wake.wait(), next_at - now)
         finally:
             t.conn.close()
 
     async def _scrape_once(self, t: _Target) -> bool:
+        t.last_start = start = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
                 body = await t.conn.get()
             now = time.monotonic()
+            t.budget.observe(start, now - start)
             snap = parse_metrics(body.decode("utf-8"), t.names, now)  # strict: text is UTF-8
         except Exception as e:  # refused, reset, timeout, HTTP error, malformed page
             t.conn.close()
@@ -265,10 +285,22 @@ class Scraper:
         while True:
             now = time.monotonic()
             for t in self._targets.values():
-                if t.ep.healthy and now - (t.last_ok or t.started) > self.stale_after:
-                    age = now - (t.last_ok or t.started)
+                ep = t.ep
+                if not ep.healthy:
+                    continue
+                # A pod is stale past stale_after, or past three of its own poll
+                # intervals when the budget spaces its polls further apart than that.
+                age = now - (t.last_ok or t.started)
+                if age > max(self.stale_after, 3 * t.budget.interval()):
                     why = f"; last error {t.last_error}" if t.last_error else ""
                     self._mark_unhealthy(t, f"no successful scrape for {age:.1f}s{why}")
+                elif (
+                    ep.sent_since_scrape >= self.early_after
+                    and now - t.last_start >= self.interval
+                    and not t.wake.is_set()
+                    and t.budget.may_poll_early(now)
+                ):
+                    t.wake.set()  # uncertain: many requests sent since the last scrape
             if now >= next_gauges:
                 self.update_gauges()
                 next_gauges = now + self.gauge_interval
@@ -277,7 +309,8 @@ class Scraper:
     def _gauge_children(self, ep: Endpoint) -> tuple[Any, ...]:
         m = self.metrics
         gauges: tuple[Any, ...] = (m.pod_queue, m.pod_kv, m.pod_running, m.pod_inflight)
-        gauges += (m.pod_ready, m.scrape_age, m.scrape_errors)
+        gauges += (m.pod_ready, m.scrape_age, m.scrape_cost, m.scrape_interval)
+        gauges += (m.scrape_share, m.scrape_errors)
         name = ep.metric_name
         m.pod_info.labels(ep.pool, name, ep.address, ep.pod_name, ep.namespace).set(1)
         return tuple(g.labels(ep.pool, name) for g in gauges)
@@ -285,7 +318,8 @@ class Scraper:
     def _remove_gauges(self, t: _Target) -> None:
         m = self.metrics
         ep, name = t.ep, t.ep.metric_name
-        for g in (m.pod_queue, m.pod_kv, m.pod_running, m.pod_inflight, m.pod_ready):
+        for g in (m.pod_queue, m.pod_kv, m.pod_running, m.pod_inflight, m.pod_ready,
+                  m.scrape_cost, m.scrape_interval, m.scrape_share):  # fmt: skip
             with contextlib.suppress(KeyError):
                 g.remove(ep.pool, name)
         for c in (m.scrape_age, m.scrape_errors):
@@ -304,7 +338,10 @@ class Scraper:
         by_pool: dict[str, list[Endpoint]] = {}
         for t in self._targets.values():
             ep, m = t.ep, t.ep.metrics
-            queue, kv, running, inflight, ready, age, _ = t.gauges
+            queue, kv, running, inflight, ready, age, cost, interval, share, _ = t.gauges
+            cost.set(t.budget.cost)
+            interval.set(t.budget.interval())
+            share.set(t.budget.spent_share(now))
             queue.set(m.waiting)
             kv.set(m.kv_usage)
             running.set(m.running)

@@ -40,6 +40,7 @@ class MetricsServer:
         self.chunked = chunked
         self.status = 200
         self.hang = False
+        self.delay = 0.0  # seconds to "render" the page before answering
         self.close_after_response = False
         self.connections = 0
         self.requests = 0
@@ -77,6 +78,8 @@ class MetricsServer:
                 self.heads.append(head)
                 if self.hang:
                     await asyncio.sleep(3600)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 body = self.body if isinstance(self.body, bytes) else self.body.encode()
                 status = f"HTTP/1.1 {self.status} X\r\nContent-Type: text/plain\r\n".encode()
                 extra = b"Connection: close\r\n" if self.close_after_response else b""
