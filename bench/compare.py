@@ -324,6 +324,7 @@ async def measure(
     pods: list[str],
     concurrency: int,
     progress: ProgressLine,
+    time_scale: float = 1.0,
 ) -> dict[str, Any]:
     before = await podmetrics.snapshot(pods) if pods else {}
     async with podmetrics.QueuePoller(pods) as poller:
@@ -331,7 +332,7 @@ async def measure(
             url, specs, concurrency=concurrency, progress=progress.update
         )
     after = await podmetrics.snapshot(pods) if pods else {}
-    return summarize(records, elapsed, podmetrics.deltas(before, after), poller.samples)
+    return summarize(records, elapsed, podmetrics.deltas(before, after), poller.samples, time_scale)
 
 
 def picker_config_from(path: str | None) -> dict[str, Any] | None:
@@ -403,7 +404,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         adapters=adapters,
                         keep_logs=args.keep_logs,
                     ) as url:
-                        summary = asyncio.run(measure(url, specs, addrs, concurrency, progress))
+                        summary = asyncio.run(
+                            measure(url, specs, addrs, concurrency, progress, args.time_scale)
+                        )
                     progress.end(summary)
                     results.append(
                         {

@@ -19,7 +19,12 @@ QUERIES = "vllm:prefix_cache_queries_total"
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 SUCCESS = "vllm:request_success_total"
-WANTED = (HITS, QUERIES, WAITING, RUNNING, SUCCESS)
+# The simulator's count of /metrics scrapes that cost the pod (the router's, never ours).
+RENDERS = "sim:metrics_renders_total"
+RENDER_SECONDS = "sim:metrics_render_seconds_total"
+WANTED = (HITS, QUERIES, WAITING, RUNNING, SUCCESS, RENDERS, RENDER_SECONDS)
+# The harness's own reads are free on simulated pods (a real pod ignores the header).
+FREE = {"x-sim-free": "1"}
 
 
 def parse_metrics(text: str, wanted: tuple[str, ...] = WANTED) -> dict[str, float]:
@@ -45,7 +50,7 @@ async def scrape(session: aiohttp.ClientSession, pod: str) -> dict[str, float]:
     """One pod's wanted metrics; empty when it cannot be read."""
     try:
         async with session.get(
-            f"http://{pod}/metrics", timeout=aiohttp.ClientTimeout(total=2)
+            f"http://{pod}/metrics", timeout=aiohttp.ClientTimeout(total=2), headers=FREE
         ) as r:
             if r.status != 200:
                 return {}

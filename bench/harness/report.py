@@ -21,6 +21,7 @@ COLUMNS = (
     ("hit", "prefix hit %"),
     ("skew", "max pod share"),
     ("queue", "queue mean/max"),
+    ("obs", "pod time polled %"),
 )
 
 
@@ -61,6 +62,10 @@ def row(r: dict[str, Any]) -> dict[str, str]:
         "hit": _num(None if r.get("prefix_hit_rate") is None else r["prefix_hit_rate"] * 100),
         "skew": "-" if skew is None else f"{skew:.2f} (fair {1 / max(n_pods, 1):.2f})",
         "queue": "-" if not queue else f"{queue['mean_waiting']:.1f}/{queue['max_waiting']:.0f}",
+        "obs": _num(
+            None if r.get("observation_share") is None else r["observation_share"] * 100,
+            "{:.2f}",
+        ),
     }
 
 

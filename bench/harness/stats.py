@@ -19,7 +19,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from bench.harness.podmetrics import HITS, QUERIES, SUCCESS, QueueSample
+from bench.harness.podmetrics import (
+    HITS,
+    QUERIES,
+    RENDER_SECONDS,
+    RENDERS,
+    SUCCESS,
+    QueueSample,
+)
 from bench.harness.runner import Record
 from bench.stack.client import percentile
 
@@ -47,6 +54,7 @@ def summarize(
     elapsed: float,
     pod_deltas: dict[str, dict[str, float]] | None = None,
     queue: Sequence[QueueSample] = (),
+    time_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Everything the report shows about one run, JSON-ready (NaN → None)."""
     ok = [r for r in records if r.outcome.ok]
@@ -75,6 +83,7 @@ def summarize(
     }
     if pod_deltas:
         result.update(pod_summary(pod_deltas))
+        result.update(observation_summary(pod_deltas, elapsed * time_scale))
     if queue:
         result["queue"] = queue_summary(queue)
     cleaned: dict[str, Any] = clean(result)
@@ -96,6 +105,22 @@ def pod_summary(pod_deltas: dict[str, dict[str, float]]) -> dict[str, Any]:
         "prefix_query_tokens": queries,
         "pod_requests": dict(sorted(served.items())),
         "pod_share_metrics": share(served),
+    }
+
+
+def observation_summary(
+    pod_deltas: dict[str, dict[str, float]], sim_seconds: float
+) -> dict[str, Any]:
+    """What the router's polling of ``/metrics`` cost the pods: scrapes per pod per
+    second and the mean share of a pod's time spent rendering them (simulated pods
+    count both; a real pod does not, so they are absent there)."""
+    renders = [d[RENDERS] for d in pod_deltas.values() if RENDERS in d]
+    seconds = [d[RENDER_SECONDS] for d in pod_deltas.values() if RENDER_SECONDS in d]
+    if not renders or sim_seconds <= 0:
+        return {}
+    return {
+        "scrapes_per_pod_s": math.fsum(renders) / len(renders) / sim_seconds,
+        "observation_share": math.fsum(seconds) / len(seconds) / sim_seconds,
     }
 
 

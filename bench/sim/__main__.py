@@ -65,6 +65,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         help="publish KV events over ZMQ on this port (+i for pod i); needs pyzmq",
     )
+    ap.add_argument(
+        "--metrics-render-ms",
+        type=float,
+        default=10.0,
+        help="what a /metrics scrape costs the pod, simulated ms (vLLM 0.32: ~10)",
+    )
     ap.add_argument("--no-uvloop", action="store_true")
     return ap.parse_args(argv)
 
@@ -100,6 +106,7 @@ def configs_from_args(args: argparse.Namespace) -> list[SimPodConfig]:
             max_loras=args.max_loras,
             max_model_len=args.max_model_len,
             latency=latency,
+            metrics_render_ms=args.metrics_render_ms,
             kv_events_endpoint=(
                 f"tcp://{args.host}:{args.kv_events_port + i}" if args.kv_events_port else None
             ),

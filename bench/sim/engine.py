@@ -155,6 +155,7 @@ class Engine:
         self._step_d = 0.0
         self._idle_sim = 0.0
         self._idle_wall = 0.0
+        self._stall = 0.0  # simulated seconds the next step loses (see ``stall``)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -181,6 +182,13 @@ class Engine:
         if self._busy:
             return self._step_sim + min((wall - self._step_wall) * scale, self._step_d)
         return self._idle_sim + (wall - self._idle_wall) * scale
+
+    def stall(self, seconds: float) -> None:
+        """The pod's API server was busy for ``seconds`` (simulated) with something else,
+        e.g. rendering ``/metrics``: on a real pod that time is taken from serving, so
+        the next step (if the pod is working) ends that much later."""
+        if self.running or self.waiting:
+            self._stall += seconds
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -269,7 +277,8 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            d = self._duration(sched)
+            d = self._duration(sched) + self._stall
+            self._stall = 0.0
             self._busy = True
             self._step_sim, self._step_wall, self._step_d = sim0, wall0, d
             deadline = (deadline if deadline > wall0 - MAX_LAG_S else wall0) + d / scale

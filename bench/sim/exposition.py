@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bench.sim.engine import Engine
 from bench.sim.metrics import cache_config_labels, escape, header
 
@@ -29,6 +31,8 @@ class Exposition:
         )
         self.lora_enabled = False
         self.max_lora = cfg.max_loras
+        # (renders, simulated seconds) of /metrics that cost the pod; set by the server
+        self.observation: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
 
     def render(self) -> str:
         e = self.engine
@@ -140,4 +144,7 @@ class Exposition:
                     f'running_lora_adapters="{escape(running)}",'
                     f'waiting_lora_adapters="{escape(waiting)}"}} {ts}\n'
                 )
+        renders, seconds = self.observation()
+        counter("sim:metrics_renders", "Scrapes of /metrics that cost this pod.", renders)
+        counter("sim:metrics_render_seconds", "Simulated seconds those scrapes cost.", seconds)
         return "".join(out)

@@ -65,6 +65,11 @@ class SimPodConfig:
     max_model_len: int = 131072
     latency: LatencyModel = field(default_factory=LatencyModel)
     kv_events_endpoint: str | None = None  # ZMQ PUB bind address, e.g. tcp://*:5557
+    # What rendering /metrics costs the pod, in simulated ms: vLLM 0.32 takes ~10 ms on
+    # its API server's event loop. The answer comes that much later, and a working engine
+    # loses that time from its next step. Requests with ``x-sim-free: 1`` (the harness's
+    # own observation) cost nothing.
+    metrics_render_ms: float = 0.0
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -151,6 +156,9 @@ class SimPod:
         self.config = config
         self.engine = Engine(config.engine_config())
         self.exposition = Exposition(self.engine, config.model)
+        self.exposition.observation = self._observation
+        self.metrics_renders = 0  # /metrics answers that cost the pod (not the harness's)
+        self.metrics_render_seconds = 0.0  # simulated seconds they cost
         self.exposition.lora_enabled = bool(config.lora_adapters)
         self.models = {config.model: None, **{a: a for a in config.lora_adapters}}
         self.address = f"{config.host}:{config.port}"
@@ -220,7 +228,16 @@ class SimPod:
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response()
 
+    def _observation(self) -> tuple[int, float]:
+        return self.metrics_renders, self.metrics_render_seconds
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        render = self.config.metrics_render_ms / 1000.0
+        if render and request.headers.get("x-sim-free") != "1":
+            self.metrics_renders += 1
+            self.metrics_render_seconds += render
+            self.engine.stall(render)
+            await asyncio.sleep(render / self.config.time_scale)
         return web.Response(
             text=self.exposition.render(), content_type="text/plain", charset="utf-8"
         )

@@ -574,3 +574,34 @@ async def test_kv_events_over_zmq(session: aiohttp.ClientSession) -> None:
         sub.close(0)
         ctx.term()
         await cluster.stop()
+
+
+async def test_metrics_render_costs_the_pod(session: aiohttp.ClientSession) -> None:
+    """A scrape costs the pod its render time: the answer comes that much later and a
+    working engine loses it from its next step; the harness's own reads are free."""
+    c = await start_pods([_cfg(metrics_render_ms=400.0, time_scale=10.0)])
+    try:
+        url = c.urls[0]
+        pod = c.pods[0]
+        t0 = asyncio.get_running_loop().time()
+        m = await _metrics(session, url)
+        assert asyncio.get_running_loop().time() - t0 >= 0.04  # 400 simulated ms / 10
+        assert _value(m, "sim:metrics_renders_total") == 1  # this render counts itself
+        m = await _metrics(session, url)
+        assert _value(m, "sim:metrics_renders_total") == 2
+        assert _value(m, "sim:metrics_render_seconds_total") == pytest.approx(0.8)
+        async with session.get(url + "/metrics", headers={"x-sim-free": "1"}) as r:
+            assert r.status == 200
+        assert pod.metrics_renders == 2  # the free read did not count
+        # An idle engine loses nothing; a busy one loses the render from its next step.
+        pod.engine.stall(0.5)
+        assert pod.engine._stall == 0.0
+        body = {"prompt": "hi there", "max_tokens": 200}
+        task = asyncio.create_task(_post(session, url + "/v1/completions", body))
+        await asyncio.sleep(0.05)
+        pod.engine.stall(0.5)
+        assert pod.engine._stall == 0.5
+        status, _, _ = await task
+        assert status == 200 and pod.engine._stall == 0.0
+    finally:
+        await c.stop()
