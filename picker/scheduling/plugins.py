@@ -21,6 +21,7 @@ from picker.scheduling.scorers.load import (
 )
 from picker.scheduling.scorers.lora import LoraAffinityScorer
 from picker.scheduling.scorers.prefix import PrefixScorer
+from picker.scheduling.scorers.ttft import PredictedTTFTScorer
 from picker.scheduling.testing import HeaderSelectionFilter, ServedEndpointEcho
 
 
@@ -39,6 +40,7 @@ _CLASSES: tuple[type[Plugin], ...] = (
     KVCacheScorer,
     LoraAffinityScorer,
     PrefixScorer,
+    PredictedTTFTScorer,
     MaxScorePicker,
     PowerOfTwoPicker,
     RandomPicker,
