@@ -70,17 +70,12 @@ def _block_ends(
     block_chars: int, double_every: int, max_block_chars: int, max_blocks: int, n: int
 ) -> list[int]:
     """End offsets of the blocks covering ``n`` bytes (the last one may pass ``n``)."""
-    if max_blocks:
-        ends = _layout(block_chars, double_every, max_block_chars, max_blocks)
-        return ends[: bisect.bisect_left(ends, n) + 1] if n else []
-    out: list[int] = []
-    end, size, cap = 0, block_chars, max_block_chars or n
-    while end < n:
-        end += size
-        out.append(end)
-        if double_every and len(out) % double_every == 0:
-            size = max(size, min(2 * size, cap))
-    return out
+    if not n:
+        return []
+    # Without a limit, n // block_chars + 1 blocks always cover n bytes (blocks only grow).
+    blocks = max_blocks or n // block_chars + 1
+    ends = _layout(block_chars, double_every, max_block_chars, blocks)
+    return ends[: bisect.bisect_left(ends, n) + 1]
 
 
 @functools.lru_cache(maxsize=8)
