@@ -47,6 +47,7 @@ from bench.sim.metrics import (
     FINISH_REASONS,
     ITL_BUCKETS,
     REQUEST_BUCKETS,
+    TOKEN_BUCKETS,
     TTFT_BUCKETS,
     Histogram,
 )
@@ -131,6 +132,10 @@ class EngineStats:
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(REQUEST_BUCKETS))
     queue: Histogram = field(default_factory=lambda: Histogram(REQUEST_BUCKETS))
+    # vLLM's request_prefill_time_seconds (first scheduled → first token) and
+    # request_prefill_kv_computed_tokens (prompt tokens computed, i.e. not cache hits)
+    prefill: Histogram = field(default_factory=lambda: Histogram(REQUEST_BUCKETS))
+    prefill_computed: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))
 
 
 class Engine:
@@ -405,6 +410,8 @@ class Engine:
                 stats.prompt_tokens += len(r.prompt)
                 r.first_token_at = t
                 stats.ttft.observe(t - r.arrival)
+                stats.prefill.observe(t - r.scheduled_at)
+                stats.prefill_computed.observe(len(r.prompt) - max(r.cached_tokens, 0))
             else:
                 itl.observe(t - r.last_token_at)
             r.last_token_at = t

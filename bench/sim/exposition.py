@@ -130,6 +130,16 @@ class Exposition:
                 "Histogram of time spent in WAITING phase for request.",
                 st.queue,
             ),
+            (
+                "vllm:request_prefill_time_seconds",
+                "Histogram of time spent in PREFILL phase for request.",
+                st.prefill,
+            ),
+            (
+                "vllm:request_prefill_kv_computed_tokens",
+                "Histogram of new KV tokens computed during prefill (excluding cached).",
+                st.prefill_computed,
+            ),
         ):
             header(out, name, "histogram", doc)
             hist.render(out, name, lb + ",")

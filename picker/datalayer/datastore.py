@@ -36,6 +36,11 @@ class EndpointMetrics:
     max_lora: int = 0
     block_size: int = 0
     num_blocks: int = 0
+    # Counters since the pod started (0 when it does not export them): seconds spent in
+    # prefill, prompt tokens computed (not cache hits), requests prefilled.
+    prefill_seconds: float = 0.0
+    prefill_tokens: float = 0.0
+    prefill_count: float = 0.0
     scraped_at: float = 0.0  # time.monotonic() of the scrape; 0 = never scraped
 
 

@@ -119,6 +119,11 @@ class MetricNames:
     kv_usage: tuple[str, ...]
     lora_info: str = ""
     cache_config_info: str = ""
+    # Counters for learning the pod's prefill rate (optional): seconds spent prefilling,
+    # prompt tokens computed (not cache hits), and requests, summed since the pod started.
+    prefill_seconds: str = ""
+    prefill_tokens: str = ""
+    prefill_count: str = ""
 
     def __post_init__(self) -> None:
         kv: object = self.kv_usage
@@ -136,7 +141,7 @@ class MissingMetricsError(ValueError):
 # --- parsing -------------------------------------------------------------------------
 
 # Field ids used by the plan.
-_WAITING, _RUNNING, _KV, _LORA, _CACHE = range(5)
+_WAITING, _RUNNING, _KV, _LORA, _CACHE, _PF_S, _PF_TOK, _PF_N = range(8)
 
 # sample name -> [(field id, kv alternative index, spec)]
 _Plan = dict[str, list[tuple[int, int, MetricSpec]]]
@@ -148,6 +153,8 @@ def _plan(names: MetricNames) -> _Plan:
     wanted = [(_WAITING, 0, names.waiting), (_RUNNING, 0, names.running)]
     wanted += [(_KV, i, s) for i, s in enumerate(names.kv_usage)]
     wanted += [(_LORA, 0, names.lora_info), (_CACHE, 0, names.cache_config_info)]
+    wanted += [(_PF_S, 0, names.prefill_seconds), (_PF_TOK, 0, names.prefill_tokens)]
+    wanted += [(_PF_N, 0, names.prefill_count)]
     for field_id, alt, text in wanted:
         if text:
             spec = parse_spec(text)
@@ -295,6 +302,7 @@ def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
     """
     seen = 0  # bit mask of the fields with a matching sample
     waiting = running = 0.0
+    prefill = [0.0, 0.0, 0.0]  # seconds, tokens, requests (summed over engines)
     kv: dict[int, list[float]] = {}
     lora: tuple[float, dict[str, str]] | None = None
     cache: dict[str, str] | None = None
@@ -321,6 +329,8 @@ def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
                     waiting += value
                 elif field_id == _RUNNING:
                     running += value
+                elif field_id >= _PF_S:
+                    prefill[field_id - _PF_S] += value
                 else:
                     kv.setdefault(alt, []).append(value)
     required = _required(names)
@@ -341,6 +351,9 @@ def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
         max_lora=_int(lo.get("max_lora")),
         block_size=_int(ca.get("block_size")),
         num_blocks=_int(ca.get("num_gpu_blocks")),
+        prefill_seconds=prefill[0],
+        prefill_tokens=prefill[1],
+        prefill_count=prefill[2],
         scraped_at=now,
     )
 
@@ -352,6 +365,9 @@ MODEL_SERVERS: dict[str, MetricNames] = {
         kv_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
         lora_info="vllm:lora_requests_info",
         cache_config_info="vllm:cache_config_info",
+        prefill_seconds="vllm:request_prefill_time_seconds_sum",
+        prefill_tokens="vllm:request_prefill_kv_computed_tokens_sum",
+        prefill_count="vllm:request_prefill_time_seconds_count",
     ),
     "sglang": MetricNames(
         waiting="sglang:num_queue_reqs",

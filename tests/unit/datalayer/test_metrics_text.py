@@ -58,6 +58,10 @@ def reference(text: str, names: MetricNames, now: float = 5.0) -> EndpointMetric
             break
     lora = max(match(names.lora_info), key=lambda s: s[1], default=({}, 0.0))[0]
     cache = next(iter(match(names.cache_config_info)), ({}, 0.0))[0]
+
+    def total(spec_text: str) -> float:
+        return sum(v for _, v in match(spec_text) if math.isfinite(v))
+
     return EndpointMetrics(
         waiting=round(sum(v for _, v in match(names.waiting) if math.isfinite(v))),
         running=round(sum(v for _, v in match(names.running) if math.isfinite(v))),
@@ -67,6 +71,9 @@ def reference(text: str, names: MetricNames, now: float = 5.0) -> EndpointMetric
         max_lora=num(lora.get("max_lora")),
         block_size=num(cache.get("block_size")),
         num_blocks=num(cache.get("num_gpu_blocks")),
+        prefill_seconds=total(names.prefill_seconds),
+        prefill_tokens=total(names.prefill_tokens),
+        prefill_count=total(names.prefill_count),
         scraped_at=now,
     )
 

@@ -79,3 +79,29 @@ def test_declared_through_the_registry() -> None:
                 "scorers": {"predicted_ttft": 1},
             }
         )
+
+
+def test_each_pods_rate_is_learned_from_its_counters() -> None:
+    clock = Clock()
+    s = scorer(clock)  # prior: 10,000 tokens/s
+    fast, slow = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+
+    def scrape(e: Endpoint, at: float, seconds: float, tokens: float) -> None:
+        e.metrics = EndpointMetrics(scraped_at=at, prefill_seconds=seconds, prefill_tokens=tokens)
+
+    scrape(fast, 1.0, 0.0, 0.0)
+    scrape(slow, 1.0, 0.0, 0.0)
+    s.score(req(1000), [fast, slow])  # first snapshots: nothing to learn yet
+    assert s.rate_of(slow.address) == 10000
+    scrape(fast, 2.0, 0.5, 10000.0)  # 20,000 tokens/s
+    scrape(slow, 2.0, 1.0, 5000.0)  # 5,000 tokens/s
+    scores = s.score(req(1000), [fast, slow])
+    assert s.rate_of(fast.address) == pytest.approx(20000)
+    assert s.rate_of(slow.address) == pytest.approx(5000)
+    assert scores[0] == 1.0 and scores[1] < scores[0]
+    scrape(slow, 3.0, 1.0, 5000.0)  # idle between scrapes: nothing new, rate kept
+    s.score(req(1000), [slow])
+    assert s.rate_of(slow.address) == pytest.approx(5000)
+    scrape(slow, 4.0, 1.5, 7500.0)  # another 5,000 tokens/s sample: the average holds
+    s.score(req(1000), [slow])
+    assert s.rate_of(slow.address) == pytest.approx(5000)
