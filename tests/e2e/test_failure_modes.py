@@ -13,8 +13,6 @@ import http.server
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +23,7 @@ import yaml
 from bench.stack.envoy import DESTINATION, SERVED, picker_config
 from bench.stack.gateway import MODEL, Stack
 from bench.stack.procs import ROOT, Procs, envoy_binary, free_port
+from tests.e2e.test_gateway import post_or_get
 
 SECRET = b"secret: you should never see this"
 
@@ -64,18 +63,7 @@ def secret() -> Iterator[str]:
 def request(
     url: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(
-        url,
-        data=data,
-        method="POST" if data is not None else "GET",
-        headers={"content-type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+    return post_or_get(url, body, headers)
 
 
 def openai_error(headers: dict[str, str], body: bytes) -> dict[str, Any]:

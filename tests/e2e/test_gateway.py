@@ -42,16 +42,16 @@ def stack() -> Iterator[Stack]:
         yield st
 
 
-def http(
-    stack: Stack,
-    path: str,
+def post_or_get(
+    url: str,
     body: Any = None,
     headers: dict[str, str] | None = None,
     raw: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
+    """POST ``body`` as JSON (or ``raw`` bytes), GET without either: status, headers, body."""
     data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
     req = urllib.request.Request(
-        stack.url + path,
+        url,
         data=data,
         method="POST" if data is not None else "GET",
         headers={"content-type": "application/json", **(headers or {})},
@@ -61,6 +61,16 @@ def http(
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def http(
+    stack: Stack,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    return post_or_get(stack.url + path, body, headers, raw)
 
 
 def picker_metrics(stack: Stack) -> dict[str, float]:
