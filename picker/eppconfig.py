@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from picker.scheduling.profile import plugin_entry
+
 API_VERSIONS = frozenset({"inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"})
 KIND = "EndpointPickerConfig"
 
@@ -139,13 +141,7 @@ def from_mapping(data: Mapping[str, Any], where: str) -> EppSettings:
     declared: dict[str, tuple[str, Mapping[str, Any]]] = {}
     for i, entry in enumerate(_list(data.get("plugins"), f"{where}: plugins")):
         entry = _mapping(entry, f"{where}: plugins[{i}]")
-        unknown = set(entry) - {"type", "name", "parameters"}
-        if unknown:
-            raise ValueError(f"{where}: plugins[{i}]: unknown keys {sorted(unknown)}")
-        type_name = entry.get("type")
-        if not isinstance(type_name, str) or not type_name:
-            raise ValueError(f"{where}: plugins[{i}]: type is required")
-        name = str(entry.get("name") or type_name)
+        type_name, name = plugin_entry(entry, f"{where}: plugins[{i}]")
         if name in declared:
             raise ValueError(f"{where}: plugin name {name!r} is declared twice")
         params = _mapping(entry.get("parameters"), f"{where}: plugin {name!r} parameters")

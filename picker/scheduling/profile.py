@@ -136,6 +136,18 @@ class Profile:
 _P = TypeVar("_P", bound=Plugin)
 
 
+def plugin_entry(entry: Mapping[str, Any], where: str) -> tuple[str, str]:
+    """``(type, name)`` of a plugin entry ``{type, name?, parameters?}``; the name
+    defaults to the type. Raises on other keys or a missing type."""
+    unknown = set(entry) - {"type", "name", "parameters"}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    type_name = entry.get("type")
+    if not isinstance(type_name, str) or not type_name:
+        raise ValueError(f"{where}: type is required")
+    return type_name, str(entry.get("name") or type_name)
+
+
 class _Builder:
     def __init__(self, registry: Registry, handle: Handle) -> None:
         self.registry = registry
@@ -146,13 +158,7 @@ class _Builder:
         where = f"scheduler.plugins[{i}]"
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where} must be a mapping with a type")
-        unknown = set(entry) - {"type", "name", "parameters"}
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-        type_name = entry.get("type")
-        if not isinstance(type_name, str) or not type_name:
-            raise ValueError(f"{where}: type is required")
-        name = str(entry.get("name") or type_name)
+        type_name, name = plugin_entry(entry, where)
         if name in self.instances:
             raise ValueError(f"{where}: plugin name {name!r} is declared twice")
         self.instances[name] = self.registry.create(
