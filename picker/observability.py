@@ -42,6 +42,7 @@ OTHER_MODEL = "other"
 _TOKEN_BUCKETS = (1.0, *(float(2**i) for i in range(3, 21)))  # 1, 8, 16, ... 2**20
 _FLOW_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _REQ_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 
 
 class Metrics:
@@ -268,9 +269,67 @@ class Metrics:
             buckets=_FLOW_BUCKETS,
             registry=r,
         )
+        self.predicted_ttft_error = Histogram(
+            "picker_pod_predicted_ttft_error_ratio",
+            "Per pod and scrape interval: mean predicted TTFT of the requests picker sent "
+            "over the mean TTFT the pod reported (1 = exact).",
+            ["endpoint"],
+            buckets=_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.predicted_ttft = Gauge(
+            "picker_pod_predicted_ttft_seconds",
+            "Mean predicted TTFT of the requests sent to the pod in the last interval.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.observed_ttft = Gauge(
+            "picker_pod_observed_ttft_seconds",
+            "Mean TTFT the pod reported over the last interval (its own histogram).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.prefill_rate = Gauge(
+            "picker_pod_prefill_tokens_per_second",
+            "The pod's learned prefill speed (uncached prompt tokens per second).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.slo_rejected = Counter(
+            "picker_slo_rejected_total",
+            "Sheddable requests answered 429 because no pod was predicted to meet their "
+            "latency target (x-slo-ttft-ms / x-slo-tpot-ms).",
+            ["model_name"],
+            registry=r,
+        )
         self.prefix_indexer_size = Gauge(
             "inference_extension_prefix_indexer_size",
             "Block hashes held by the prefix index.",
+            registry=r,
+        )
+        # Active-active replicas (picker.datalayer.peers).
+        self.peer_records = Counter(
+            "picker_peer_records_total",
+            "Records exchanged with peer replicas, by direction (sent, received) and kind "
+            "(pick, done, state, replay).",
+            ["direction", "kind"],
+            registry=r,
+        )
+        self.peer_dropped = Counter(
+            "picker_peer_dropped_total",
+            "Peer messages or records dropped, by reason (short, version, malformed, "
+            "too_many_peers, unknown_endpoint, lost, layout, send_queue_full, error).",
+            ["reason"],
+            registry=r,
+        )
+        self.peers_connected = Gauge(
+            "picker_peers_connected",
+            "Peer replicas heard from within peers.peer_timeout.",
+            registry=r,
+        )
+        self.peer_inflight = Gauge(
+            "picker_peer_inflight_requests",
+            "Requests peer replicas have in flight, over all pods (part of each pod's load).",
             registry=r,
         )
 
@@ -306,6 +365,12 @@ class Metrics:
                 metric = outcome if key[0] == id(outcome) else attempts
                 with contextlib.suppress(KeyError):
                     metric.remove(*key[1:])
+
+    def forget(self, metric: Any, *labels: str) -> None:
+        """Drops one series (and its cached child): bounded series under pod churn."""
+        self._children.pop((id(metric), *labels), None)
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: for the request path."""

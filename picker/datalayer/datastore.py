@@ -37,10 +37,16 @@ class EndpointMetrics:
     block_size: int = 0
     num_blocks: int = 0
     # Counters since the pod started (0 when it does not export them): seconds spent in
-    # prefill, prompt tokens computed (not cache hits), requests prefilled.
+    # prefill, prompt tokens computed (not cache hits), requests prefilled; seconds queued;
+    # time to first token (seconds, requests); inter-token latency (seconds, intervals).
     prefill_seconds: float = 0.0
     prefill_tokens: float = 0.0
     prefill_count: float = 0.0
+    queue_seconds: float = 0.0
+    ttft_seconds: float = 0.0
+    ttft_count: float = 0.0
+    itl_seconds: float = 0.0
+    itl_count: float = 0.0
     scraped_at: float = 0.0  # time.monotonic() of the scrape; 0 = never scraped
 
 

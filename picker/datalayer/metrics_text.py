@@ -124,6 +124,14 @@ class MetricNames:
     prefill_seconds: str = ""
     prefill_tokens: str = ""
     prefill_count: str = ""
+    # Latency counters (optional): queue seconds; time to first token (sum, count);
+    # inter-token latency (sum, count). The latency model learns a pod's fixed overhead
+    # and its time per output token from them.
+    queue_seconds: str = ""
+    ttft_seconds: str = ""
+    ttft_count: str = ""
+    itl_seconds: str = ""
+    itl_count: str = ""
 
     def __post_init__(self) -> None:
         kv: object = self.kv_usage
@@ -141,7 +149,17 @@ class MissingMetricsError(ValueError):
 # --- parsing -------------------------------------------------------------------------
 
 # Field ids used by the plan.
-_WAITING, _RUNNING, _KV, _LORA, _CACHE, _PF_S, _PF_TOK, _PF_N = range(8)
+_WAITING, _RUNNING, _KV, _LORA, _CACHE, _PF_S = range(6)  # then one id per counter
+_COUNTERS = (
+    "prefill_seconds",
+    "prefill_tokens",
+    "prefill_count",
+    "queue_seconds",
+    "ttft_seconds",
+    "ttft_count",
+    "itl_seconds",
+    "itl_count",
+)
 
 # sample name -> [(field id, kv alternative index, spec)]
 _Plan = dict[str, list[tuple[int, int, MetricSpec]]]
@@ -153,8 +171,7 @@ def _plan(names: MetricNames) -> _Plan:
     wanted = [(_WAITING, 0, names.waiting), (_RUNNING, 0, names.running)]
     wanted += [(_KV, i, s) for i, s in enumerate(names.kv_usage)]
     wanted += [(_LORA, 0, names.lora_info), (_CACHE, 0, names.cache_config_info)]
-    wanted += [(_PF_S, 0, names.prefill_seconds), (_PF_TOK, 0, names.prefill_tokens)]
-    wanted += [(_PF_N, 0, names.prefill_count)]
+    wanted += [(_PF_S + i, 0, getattr(names, c)) for i, c in enumerate(_COUNTERS)]
     for field_id, alt, text in wanted:
         if text:
             spec = parse_spec(text)
@@ -302,7 +319,7 @@ def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
     """
     seen = 0  # bit mask of the fields with a matching sample
     waiting = running = 0.0
-    prefill = [0.0, 0.0, 0.0]  # seconds, tokens, requests (summed over engines)
+    counters = [0.0] * len(_COUNTERS)  # summed over engines
     kv: dict[int, list[float]] = {}
     lora: tuple[float, dict[str, str]] | None = None
     cache: dict[str, str] | None = None
@@ -330,7 +347,7 @@ def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
                 elif field_id == _RUNNING:
                     running += value
                 elif field_id >= _PF_S:
-                    prefill[field_id - _PF_S] += value
+                    counters[field_id - _PF_S] += value
                 else:
                     kv.setdefault(alt, []).append(value)
     required = _required(names)
@@ -351,10 +368,8 @@ def parse_metrics(text: str, names: MetricNames, now: float) -> EndpointMetrics:
         max_lora=_int(lo.get("max_lora")),
         block_size=_int(ca.get("block_size")),
         num_blocks=_int(ca.get("num_gpu_blocks")),
-        prefill_seconds=prefill[0],
-        prefill_tokens=prefill[1],
-        prefill_count=prefill[2],
         scraped_at=now,
+        **dict(zip(_COUNTERS, counters, strict=True)),
     )
 
 
@@ -368,11 +383,20 @@ MODEL_SERVERS: dict[str, MetricNames] = {
         prefill_seconds="vllm:request_prefill_time_seconds_sum",
         prefill_tokens="vllm:request_prefill_kv_computed_tokens_sum",
         prefill_count="vllm:request_prefill_time_seconds_count",
+        queue_seconds="vllm:request_queue_time_seconds_sum",
+        ttft_seconds="vllm:time_to_first_token_seconds_sum",
+        ttft_count="vllm:time_to_first_token_seconds_count",
+        itl_seconds="vllm:inter_token_latency_seconds_sum",
+        itl_count="vllm:inter_token_latency_seconds_count",
     ),
     "sglang": MetricNames(
         waiting="sglang:num_queue_reqs",
         running="sglang:num_running_reqs",
         kv_usage=("sglang:token_usage",),
+        ttft_seconds="sglang:time_to_first_token_seconds_sum",
+        ttft_count="sglang:time_to_first_token_seconds_count",
+        itl_seconds="sglang:inter_token_latency_seconds_sum",
+        itl_count="sglang:inter_token_latency_seconds_count",
     ),
     # Triton + TensorRT-LLM backend; "scheduled" is what the inference extension counts
     # as running (its model-server protocol table).

@@ -30,6 +30,9 @@ SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 LB_NS = "envoy.lb"
 OBJECTIVE_HEADER = "x-llm-d-inference-objective"
 LEGACY_OBJECTIVE_HEADER = "x-gateway-inference-objective"  # read when the new one is absent
+# Latency targets in milliseconds (the names of llm-d's predicted-latency scheduling).
+SLO_TTFT_HEADER = "x-slo-ttft-ms"
+SLO_TPOT_HEADER = "x-slo-tpot-ms"
 
 # ProcessingMode.BodySendMode values
 NONE, STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED = 0, 1, 2, 3, 4
@@ -205,6 +208,7 @@ def body_routed(routed: Routed, body: bytes | None = None) -> bytes:
 def response_headers_set(headers: list[tuple[str, str]]) -> bytes:
     """Response-headers answer that sets ``headers`` on the client's response."""
     resp = pb.ProcessingResponse()
+    resp.response_headers.SetInParent()  # present even with no header to set
     hm = resp.response_headers.response.header_mutation
     for k, v in headers:
         opt = hm.set_headers.add()

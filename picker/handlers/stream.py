@@ -24,6 +24,8 @@ from picker.handlers.protocol import (
     RESP_BODY_EMPTY_END,
     RESP_HEADERS_CONTINUE,
     RESP_TRAILERS_CONTINUE,
+    SLO_TPOT_HEADER,
+    SLO_TTFT_HEADER,
     STREAM_CHUNK,
     body_routed,
     header_value,
@@ -66,6 +68,7 @@ class StreamProcessor:
         "routed",
         "selection",
         "service",
+        "slo",
         "status",
         "subset",
     )
@@ -76,6 +79,7 @@ class StreamProcessor:
         self.path = "/"
         self.objective: str | None = None
         self.selection: str | None = None  # the conformance tests' selection header
+        self.slo: tuple[str, str] | None = None  # raw (TTFT ms, TPOT ms) targets, if sent
         self.body: list[bytes] = []
         self.body_len = 0
         self.subset: frozenset[str] | None = None
@@ -96,6 +100,7 @@ class StreamProcessor:
                 objective=self.objective,
                 subset=self.subset,
                 endpoint_selection=self.selection,
+                slo=self.slo,
             )
         except Exception:  # a bug must cost one request, never the stream or the server
             log.exception("routing failed for %s", self.path)
@@ -175,6 +180,10 @@ class StreamProcessor:
                     self.objective = header_value(h)
             elif key == SELECTION_HEADER:
                 self.selection = header_value(h)
+            elif key == SLO_TTFT_HEADER:
+                self.slo = (header_value(h), self.slo[1] if self.slo else "")
+            elif key == SLO_TPOT_HEADER:
+                self.slo = (self.slo[0] if self.slo else "", header_value(h))
         if hdrs.end_of_stream:
             return self._decided(self._decide(None), None)
         if self.req_mode == FULL_DUPLEX_STREAMED:

@@ -3,7 +3,8 @@
 ``InferenceRequest`` is filled in two steps, each field once:
 
 1. the parser (``picker.request.parse``) and the director: model, kind, prompt text,
-   token ids when the body gives them, the token estimate, criticality, the proxy's
+   token ids when the body gives them, a chat request's template inputs (``chat``), the
+   token estimate, criticality, the proxy's
    subset hint, the conformance suite's endpoint selection header; a model rewrite
    (``picker.datalayer.objectives``) sets ``model`` to the target model, keeps the
    client's in ``incoming_model`` and the body to forward in ``body``;
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 
 class Criticality(IntEnum):
@@ -26,6 +28,27 @@ class Criticality(IntEnum):
     SHEDDABLE = 0
     STANDARD = 1
     CRITICAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    """What a chat request gives the model's chat template, read once by the parser.
+
+    ``messages``, ``tools``, ``template_kwargs`` (the body's ``chat_template_kwargs``)
+    and ``documents`` are the parsed body's own objects, neither copied nor changed: only
+    a plugin that needs the exact prompt renders them (``picker.request.chat_tokens``).
+    The flags have vLLM's defaults. ``own_template``: the body brings its own
+    ``chat_template``, which vLLM uses only when started to trust it.
+    """
+
+    messages: list[Any]
+    tools: Any = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: dict[str, Any] | None = None
+    documents: Any = None
+    reasoning_effort: str | None = None
+    own_template: bool = False
 
 
 def _no_tokens(blocks: int) -> float:
@@ -60,6 +83,21 @@ class PrefixMatch:
 
 
 @dataclass(slots=True)
+class LatencyPrediction:
+    """The latency model's predictions for one request, per candidate address (seconds).
+
+    ``unmeetable``: the request carries a latency target and no candidate is predicted
+    to meet it (a sheddable request is then answered 429).
+    """
+
+    ttft: dict[str, float]
+    tpot: dict[str, float]
+    unmeetable: bool = False
+    chosen: str = ""  # the address the request was sent to
+    position: float = 0.0  # the latency model's bookkeeping on that pod (``ttft.py``)
+
+
+@dataclass(slots=True)
 class InferenceRequest:
     """One request as the scheduler sees it.
 
@@ -84,6 +122,8 @@ class InferenceRequest:
     batch: bool = False
     add_special_tokens: bool | None = None
     cache_salt: str | None = None
+    # A chat request's template inputs (None for other kinds).
+    chat: ChatInput | None = None
     subset: frozenset[str] | None = None
     # The ``test-epp-endpoint-selection`` header (conformance tests), when sent.
     endpoint_selection: str | None = None
@@ -97,6 +137,11 @@ class InferenceRequest:
     # Data producers' output (see the module doc).
     prefix: PrefixMatch | None = None
     kv_prefix: PrefixMatch | None = None
+    # Latency targets from the request's ``x-slo-ttft-ms`` / ``x-slo-tpot-ms`` headers,
+    # in seconds (None: no target), and the latency model's predictions for it.
+    slo_ttft: float | None = None
+    slo_tpot: float | None = None
+    latency: LatencyPrediction | None = None
 
     def cached_tokens(self, address: str) -> int:
         """Prompt tokens ``address`` is believed to hold: the exact match when known."""

@@ -27,7 +27,7 @@ from picker.observability import Metrics
 from picker.request import errors
 from picker.request.errors import RequestError
 from picker.request.parse import parse_request
-from picker.request.types import InferenceRequest
+from picker.request.types import Criticality, InferenceRequest
 from picker.requestcontrol.accounting import Accounting, Rejected, Routed
 from picker.requestcontrol.admission import Admission, Verdict
 from picker.scheduling.profile import Profile
@@ -35,6 +35,22 @@ from picker.scheduling.profile import Profile
 log = logging.getLogger(__name__)
 
 __all__ = ["Director", "Held", "Rejected", "Routed"]
+
+
+def latency_target(raw: str) -> float | None:
+    """A latency target header's value (milliseconds) in seconds; "" → None."""
+    if not raw:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = -1.0
+    if not 0 < ms < 3.6e6:  # also rejects NaN
+        raise errors.invalid_request(
+            f"latency target header must be a positive number of milliseconds, not {raw[:32]!r}",
+            "x-slo-ttft-ms",
+        )
+    return ms / 1000.0
 
 
 class Director:
@@ -79,6 +95,7 @@ class Director:
         objective: str | None = None,
         subset: frozenset[str] | None = None,
         endpoint_selection: str | None = None,
+        slo: tuple[str, str] | None = None,
     ) -> Routed | Rejected | Held:
         started = time.perf_counter()
         if body:
@@ -117,6 +134,11 @@ class Director:
         req.labels = (ml(req.incoming_model or req.model), ml(req.model), str(priority))
         req.subset = subset
         req.endpoint_selection = endpoint_selection
+        if slo is not None:
+            try:
+                req.slo_ttft, req.slo_tpot = latency_target(slo[0]), latency_target(slo[1])
+            except RequestError as err:
+                return self.reject(req.labels[1], err, "invalid_request")
 
         candidates = pool.ready()
         if not candidates:
@@ -166,6 +188,11 @@ class Director:
                 else "no eligible endpoint"
             )
             return self.reject(target, errors.no_capacity(reason), "no_endpoint")
+        pred = req.latency
+        if pred is not None and pred.unmeetable and req.criticality is Criticality.SHEDDABLE:
+            m.child(m.slo_rejected, target).inc()
+            err = errors.overloaded("No model server is predicted to meet the latency target.")
+            return self.reject(target, err, "slo_shed")
         ep = ranked[0]
         pod = ep.pod_name or ep.host  # static endpoints: no pod name, the host instead
         m.child(m.scheduler_attempts, "success", target, pod, ep.namespace, ep.port_label).inc()

@@ -20,6 +20,8 @@ overrides (decided once, when the profile is built):
 * ``start``/``stop``: background work (e.g. subscribing to KV events);
 * ``produce``: compute data for the request once, before any scorer (``DataProducer``);
 * ``on_pick``/``on_done``: learn from decisions and outcomes;
+* ``on_peer_pick``: another picker replica sent a request to a pod (active-active
+  replicas, ``picker.datalayer.peers``): learn from it as from an own pick;
 * ``on_endpoint_removed``: a pod left the datastore (discovery): forget what is kept
   about it, so per-pod state does not outlive the pod;
 * ``response_headers``: headers to add to the client's response, given the endpoint the
@@ -157,6 +159,11 @@ class Plugin:
     def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
         """``request``'s response from ``endpoint`` ended (``ok``: status < 500)."""
 
+    def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
+        """A peer replica sent a request to ``endpoint``: ``hashes`` are its prompt's
+        blocks as the ``prefix`` plugin computes them (same layout), ``tokens`` its
+        estimated uncached prompt tokens there."""
+
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         """``endpoint`` was removed from the datastore and will never be a candidate again
         (a pod coming back at its address is a new ``Endpoint``)."""
@@ -173,7 +180,13 @@ class Plugin:
 
 
 class DataProducer(Plugin):
-    """Computes typed request data once, before scoring (e.g. ``request.prefix``)."""
+    """Computes typed request data once, before scoring (e.g. ``request.prefix``).
+
+    Producers run by ``order`` (then declaration): one that reads another's output
+    (the latency model reads the prefix match) has a higher ``order``.
+    """
+
+    order: ClassVar[int] = 0
 
     def produce(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         raise NotImplementedError

@@ -21,7 +21,7 @@ from picker.scheduling.scorers.load import (
 )
 from picker.scheduling.scorers.lora import LoraAffinityScorer
 from picker.scheduling.scorers.prefix import PrefixScorer
-from picker.scheduling.scorers.ttft import PredictedTTFTScorer
+from picker.scheduling.scorers.ttft import PredictedLatency
 from picker.scheduling.testing import HeaderSelectionFilter, ServedEndpointEcho
 
 
@@ -40,7 +40,7 @@ _CLASSES: tuple[type[Plugin], ...] = (
     KVCacheScorer,
     LoraAffinityScorer,
     PrefixScorer,
-    PredictedTTFTScorer,
+    PredictedLatency,
     MaxScorePicker,
     PowerOfTwoPicker,
     RandomPicker,
@@ -51,3 +51,4 @@ _CLASSES: tuple[type[Plugin], ...] = (
 
 BUILTIN: dict[str, PluginFactory] = {cls.type: cls for cls in _CLASSES}
 BUILTIN["precise_prefix"] = _precise_prefix
+BUILTIN["predicted_ttft"] = PredictedLatency  # its first name

@@ -44,13 +44,10 @@ from picker.scheduling.testing import HeaderSelectionFilter, ServedEndpointEcho,
 
 DEFAULT_SCHEDULER: dict[str, Any] = {
     "filters": ["lora"],
-    "scorers": {
-        "prefix": 3.0,
-        "queue": 2.0,
-        "kv_cache": 1.0,
-        "lora_affinity": 1.0,
-        "least_inflight": 1.0,
-    },
+    # The lowest predicted TTFT wins (``scorers/ttft.py``); ``prefix`` at weight 0 only
+    # produces the prefix match the prediction reads; a LoRA request prefers pods that
+    # hold its adapter unless they are predicted more than twice as slow.
+    "scorers": {"predicted_latency": 1.0, "prefix": 0.0, "lora_affinity": 1.0},
     "picker": "max_score",
     "fallbacks": 0,
 }
@@ -70,12 +67,20 @@ class Profile:
     _done_observers: list[Plugin] = field(default_factory=list)
     _removal_observers: list[Plugin] = field(default_factory=list)
     _header_writers: list[Plugin] = field(default_factory=list)
+    _peer_observers: list[Plugin] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._header_writers = [p for p in self.plugins if overrides(p, "response_headers")]
         self._pick_observers = [p for p in self.plugins if overrides(p, "on_pick")]
         self._done_observers = [p for p in self.plugins if overrides(p, "on_done")]
         self._removal_observers = [p for p in self.plugins if overrides(p, "on_endpoint_removed")]
+        self._peer_observers = [p for p in self.plugins if overrides(p, "on_peer_pick")]
+
+    def add_plugin(self, plugin: Plugin) -> None:
+        """Adds a plugin that only observes (hooks, no filter/scorer role), e.g. the
+        peer exchange's recorder; call before ``start``."""
+        self.plugins.append(plugin)
+        self.__post_init__()
 
     def schedule(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         """Ranked endpoints for ``request`` (primary first); empty when none is eligible."""
@@ -102,6 +107,10 @@ class Profile:
             return
         for o in self._done_observers:
             o.on_done(request, endpoint, ok)
+
+    def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
+        for o in self._peer_observers:
+            o.on_peer_pick(endpoint, hashes, tokens)
 
     @property
     def writes_response_headers(self) -> bool:
@@ -181,6 +190,10 @@ class _Builder:
         return plugin
 
 
+def _order(producer: DataProducer) -> int:
+    return producer.order
+
+
 def build_profile(
     spec: Mapping[str, Any] | None = None,
     *,
@@ -229,5 +242,5 @@ def build_profile(
         raise ValueError("scheduler.fallbacks must be a non-negative integer")
     picker.fallbacks = fallbacks
     plugins = list(b.instances.values())
-    producers = [p for p in plugins if isinstance(p, DataProducer)]
+    producers = sorted((p for p in plugins if isinstance(p, DataProducer)), key=_order)
     return Profile(built_filters, producers, built_scorers, picker, plugins)

@@ -1,25 +1,36 @@
-"""Predicted time to first token, in seconds (a first cut of the latency model).
+"""Predicted latency: route each request to the pod with the lowest predicted TTFT.
 
-For each candidate pod the plugin keeps a fluid model of its prefill backlog: the
-uncached prompt tokens picker sent there, drained at the pod's prefill rate as time
-passes. A request's predicted TTFT on a pod is
+For a request and a candidate pod the prediction, in seconds, is
 
-    overhead + (backlog + the request's own uncached tokens on that pod) / rate
+    TTFT = overhead + backlog + c_req + c_tok * uncached + c_run * running
 
-where the request's uncached tokens come from the prefix match (``request.prefix`` or
-``request.kv_prefix``), so a pod holding the prompt's prefix is predicted faster by
-exactly what the hit saves, and a busy holder slower by exactly its backlog: affinity
-and load weighed in one unit. The score is ``best / predicted`` (1.0 for the fastest).
+* ``uncached``: the prompt minus the prefix the pod holds (``request.prefix`` or the
+  exact ``request.kv_prefix``), so a hit is worth exactly the prefill it saves;
+* ``backlog``: the prefill work queued ahead on the pod, in seconds: picker adds each
+  request's predicted prefill when it sends one and drains it as time passes; a
+  response that ends proves the work up to its request done; when the pod's last scrape
+  reported more requests waiting than that, their mean work counts instead (another
+  replica or client may be sending to it);
+* ``running``: the decode batch the prefill shares its steps with;
+* the coefficients and ``overhead`` are the pod's own, learned online from its counters
+  (``latency_model``); TPOT = ``d_0 + d_run * running`` likewise.
 
-The rate is learned per pod from its own counters: between two scrapes, the prompt
-tokens it computed over the seconds it spent prefilling (vLLM's
-``request_prefill_kv_computed_tokens`` and ``request_prefill_time_seconds``), as a
-moving average; until a pod has prefilled ``learn_after_tokens`` tokens, or when it
-does not export them, the prior ``tokens_per_second`` applies.
+A busy holder of a hot prefix stops winning once its backlog exceeds the cost of
+recomputing the prefix elsewhere, so a prefix most traffic shares spreads over several
+pods. The score is ``best / predicted`` (1.0 for the fastest), the predictions counted
+in whole steps of ``resolution_s`` (1 ms): pods closer than that are a tie, which the
+``max_score`` picker gives to the least recently picked (round-robin among equals, not
+every request to a pod the model thinks 0.1 ms faster).
 
-Parameters: ``tokens_per_second`` (33000: an 8B model on one H100), ``overhead_s``
-(0.01), ``learn_after_tokens`` (256). Opt-in (``scorers: {predicted_ttft: 1}`` with
-the ``max_score`` picker).
+Latency targets (``x-slo-ttft-ms``, ``x-slo-tpot-ms``: the headers llm-d's predicted-
+latency scheduling reads): pods predicted to miss them score 1 % of their value while
+any pod is predicted to meet them; when none is, ``request.latency.unmeetable`` is set
+and the director answers a sheddable request 429 at once.
+
+Parameters: ``tokens_per_second`` (33000), ``request_s`` (0.003), ``overhead_s``
+(0.007), ``tpot_s`` (0.007), ``forgetting`` (0.95): the priors every pod starts from;
+``resolution_s`` (0.001); ``expose`` (false): add ``x-picker-predicted-ttft-ms`` and
+``x-picker-predicted-tpot-ms`` to the response (the prediction for the pod that served).
 """
 
 from __future__ import annotations
@@ -28,12 +39,52 @@ import time
 from collections.abc import Callable, Sequence
 
 from picker.datalayer.datastore import Endpoint
-from picker.request.types import InferenceRequest
-from picker.scheduling.framework import Handle, Params, Scorer
+from picker.observability import Metrics
+from picker.request.types import InferenceRequest, LatencyPrediction
+from picker.scheduling.framework import DataProducer, Handle, Params, Scorer
+from picker.scheduling.scorers.latency_model import PodModel, Priors
+
+TTFT_HEADER = "x-picker-predicted-ttft-ms"
+TPOT_HEADER = "x-picker-predicted-tpot-ms"
+MISS_FACTOR = 0.01  # a pod predicted to miss the request's target, while others meet it
+RELAX_RATE = 0.2  # per scrape without traffic, towards the pool's mean (``relax``)
+POOL_EVERY_S = 1.0  # how often the pool's median and mean models are recomputed
 
 
-class PredictedTTFTScorer(Scorer):
-    type = "predicted_ttft"
+class _Pod:
+    """Per-pod state: the learned model, the backlog, the interval's predictions.
+
+    The backlog is kept as two running totals of prefill work, in seconds: ``sent``
+    (every request picker sent) and ``done`` (drained as time passes while work is
+    queued, FIFO). A request's position is ``sent`` just after it; when its response
+    ends, everything up to its position is certainly prefilled.
+    """
+
+    __slots__ = ("at", "done", "mean_work", "model", "pred_n", "pred_sum", "scraped_at", "sent")
+
+    def __init__(self, priors: Priors) -> None:
+        self.model = PodModel(priors)
+        self.sent = 0.0
+        self.done = 0.0
+        self.at = 0.0  # when ``done`` was last advanced
+        self.mean_work = 0.0  # moving average of one request's predicted prefill
+        self.scraped_at = 0.0  # the scrape last learned from
+        self.pred_sum = 0.0  # predictions of the requests sent since that scrape
+        self.pred_n = 0
+
+    def advance(self, now: float) -> None:
+        done = self.done + (now - self.at)
+        self.done = done if done < self.sent else self.sent
+        self.at = now
+
+    def backlog(self, now: float) -> float:
+        left = self.sent - self.done - (now - self.at)
+        return left if left > 0 else 0.0
+
+
+class PredictedLatency(DataProducer, Scorer):
+    type = "predicted_latency"
+    order = 1  # after the prefix producers: the prediction reads their match
 
     def __init__(
         self,
@@ -44,76 +95,200 @@ class PredictedTTFTScorer(Scorer):
     ) -> None:
         super().__init__(name)
         p = params or Params()
-        self.rate = p.number("tokens_per_second", 33000.0)
-        self.overhead = p.number("overhead_s", 0.01)
-        self.learn_after = p.number("learn_after_tokens", 256.0)
-        if self.rate <= 0 or self.overhead < 0:
-            raise ValueError(f"plugin {self.name!r}: tokens_per_second > 0, overhead_s >= 0")
+        d = Priors()
+        self.priors = Priors(
+            tokens_per_second=p.number("tokens_per_second", d.tokens_per_second),
+            request_s=p.number("request_s", d.request_s),
+            overhead_s=p.number("overhead_s", d.overhead_s),
+            tpot_s=p.number("tpot_s", d.tpot_s),
+            forgetting=p.number("forgetting", d.forgetting),
+        )
+        pr = self.priors
+        if pr.tokens_per_second <= 0 or min(pr.request_s, pr.overhead_s, pr.tpot_s) < 0:
+            raise ValueError(
+                f"plugin {self.name!r}: tokens_per_second > 0; request_s, overhead_s, "
+                "tpot_s >= 0"
+            )
+        if not 0.5 <= pr.forgetting <= 1.0:
+            raise ValueError(f"plugin {self.name!r}: forgetting must be in [0.5, 1]")
+        self.expose = p.flag("expose", False)
+        self.resolution = p.number("resolution_s", 0.001)
+        if self.resolution <= 0:
+            raise ValueError(f"plugin {self.name!r}: resolution_s must be > 0")
+        self._metrics = handle.metrics if handle is not None else Metrics()
         self._clock = clock
-        self._backlog: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
-        self._mean_tokens = 0.0  # moving average of uncached tokens per request sent
-        self._rates: dict[str, float] = {}  # address -> learned prefill tokens/s
-        self._seen: dict[str, tuple[float, float, float]] = {}  # address -> (at, s, tokens)
+        self._pods: dict[str, _Pod] = {}
+        self._pool: PodModel | None = None  # the median learned pod: for pods that can't
+        self._pool_mean: PodModel | None = None  # what idle pods' estimates fade into
+        self._pool_at = 0.0
 
-    def rate_of(self, address: str) -> float:
-        """Prefill tokens per second of ``address``: learned, else the prior."""
-        return self._rates.get(address, self.rate)
+    # -- learning ---------------------------------------------------------------------
+
+    def pod(self, address: str) -> _Pod:
+        st = self._pods.get(address)
+        if st is None:
+            st = self._pods[address] = _Pod(self.priors)
+        return st
+
+    def model_of(self, address: str) -> PodModel:
+        """The model predictions use: the pod's own once it learned, else the pool's."""
+        own = self.pod(address).model
+        if own.samples or self._pool is None:
+            return own
+        return self._pool
 
     def learn(self, endpoint: Endpoint) -> None:
-        """Updates the pod's rate from its counters when a new scrape came in."""
+        """Learns from the pod's newest scrape (once per scrape)."""
         m = endpoint.metrics
-        seen = self._seen.get(endpoint.address)
-        if seen is not None and seen[0] == m.scraped_at:
+        st = self.pod(endpoint.address)
+        if m.scraped_at == st.scraped_at or not m.scraped_at:
             return
-        self._seen[endpoint.address] = (m.scraped_at, m.prefill_seconds, m.prefill_tokens)
-        if seen is None or not m.scraped_at:
-            return
-        seconds = m.prefill_seconds - seen[1]
-        tokens = m.prefill_tokens - seen[2]
-        if seconds <= 0 or tokens < self.learn_after:
-            return  # nothing prefilled (or the pod restarted: counters went back)
-        sample = min(max(tokens / seconds, self.rate / 20), self.rate * 20)
-        old = self._rates.get(endpoint.address)
-        self._rates[endpoint.address] = sample if old is None else old + 0.3 * (sample - old)
+        st.scraped_at = m.scraped_at
+        before = st.model.samples
+        observed = st.model.observed_ttft(m)
+        if not st.model.learn(m) and self._pool_mean is not None and st.model.samples:
+            st.model.relax(self._pool_mean, RELAX_RATE)
+        address = endpoint.address
+        met = self._metrics
+        if observed is not None and st.pred_n:
+            predicted = st.pred_sum / st.pred_n
+            met.child(met.predicted_ttft_error, address).observe(predicted / observed)
+            met.child(met.predicted_ttft, address).set(predicted)
+            met.child(met.observed_ttft, address).set(observed)
+        st.pred_sum, st.pred_n = 0.0, 0
+        if st.model.samples != before:
+            met.child(met.prefill_rate, address).set(1.0 / st.model.seconds_per_token)
+            now = self._clock()
+            if self._pool is None or now - self._pool_at >= POOL_EVERY_S:
+                self._pool_at = now  # O(pods): at most once a second, not per scrape
+                self._pool = self._median()
+                self._pool_mean = self._mean()
+
+    def _mean(self) -> PodModel | None:
+        """A model whose coefficients are the mean of the learned pods'."""
+        learned = [s.model for s in self._pods.values() if s.model.samples]
+        if not learned:
+            return None
+        mean = PodModel(self.priors)
+        n = len(learned)
+        for fit, of in ((mean.prefill.theta, "prefill"), (mean.tpot.theta, "tpot")):
+            for i in range(len(fit)):
+                fit[i] = sum(getattr(mo, of).theta[i] for mo in learned) / n
+        mean.overhead = sum(mo.overhead for mo in learned) / n
+        return mean
+
+    def _median(self) -> PodModel | None:
+        learned = sorted(
+            (s.model for s in self._pods.values() if s.model.samples),
+            key=lambda mo: mo.seconds_per_token,
+        )
+        return learned[len(learned) // 2] if learned else None
+
+    # -- predicting -------------------------------------------------------------------
 
     def backlog(self, address: str, now: float) -> float:
-        """Uncached tokens still ahead of a new request on ``address`` at ``now``."""
-        entry = self._backlog.get(address)
-        if entry is None:
-            return 0.0
-        tokens, at = entry
-        left = tokens - (now - at) * self.rate_of(address)
-        return left if left > 0 else 0.0
+        """Seconds of prefill queued ahead of a new request on ``address`` at ``now``."""
+        st = self._pods.get(address)
+        return 0.0 if st is None else st.backlog(now)
 
     def predict(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> float:
-        """Predicted seconds to the first token of ``request`` on ``endpoint``.
-
-        The backlog is the fluid estimate, or what the pod itself last reported queued
-        (its waiting requests at the mean request size) when that is larger: a pod
-        slower than the prior rate keeps a queue the fluid model drains too fast.
-        """
+        """Predicted seconds to the first token of ``request`` on ``endpoint``."""
         address = endpoint.address
-        own = request.uncached_tokens(address)
-        reported = endpoint.metrics.waiting * self._mean_tokens
-        backlog = max(self.backlog(address, now), reported)
-        return self.overhead + (backlog + own) / self.rate_of(address)
+        model = self.model_of(address)
+        m = endpoint.metrics
+        running = max(m.running, endpoint.inflight)
+        ahead = self.backlog(address, now)
+        if m.waiting:
+            st = self.pod(address)
+            reported = m.waiting * st.mean_work - (now - m.scraped_at)
+            ahead = max(ahead, reported)
+        own = model.prefill_seconds(request.uncached_tokens(address), running)
+        return model.overhead + ahead + own
 
-    def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
+    def produce(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         now = self._clock()
+        ttft: dict[str, float] = {}
+        tpot: dict[str, float] = {}
         for e in candidates:
             self.learn(e)
-        preds = [self.predict(request, e, now) for e in candidates]
+            ttft[e.address] = self.predict(request, e, now)
+            running = max(e.metrics.running, e.inflight) + 1
+            tpot[e.address] = self.model_of(e.address).tpot_seconds(running)
+        pred = LatencyPrediction(ttft, tpot)
+        if request.slo_ttft is not None or request.slo_tpot is not None:
+            pred.unmeetable = not any(self._meets(request, pred, e.address) for e in candidates)
+        request.latency = pred
+
+    @staticmethod
+    def _meets(request: InferenceRequest, pred: LatencyPrediction, address: str) -> bool:
+        t, o = request.slo_ttft, request.slo_tpot
+        return (t is None or pred.ttft[address] <= t) and (o is None or pred.tpot[address] <= o)
+
+    def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
+        pred = request.latency
+        if pred is None:  # not produced (the plugin is used as a scorer only)
+            self.produce(request, candidates)
+            pred = request.latency
+            assert pred is not None
+        ttft, res = pred.ttft, self.resolution
+        # Compared in whole steps of ``resolution``: closer is a tie (the picker's).
+        preds = [max(1, round(ttft[e.address] / res)) for e in candidates]
         best = min(preds)
-        return [best / p for p in preds]
+        scores = [best / p for p in preds]
+        if (request.slo_ttft is not None or request.slo_tpot is not None) and not pred.unmeetable:
+            for i, e in enumerate(candidates):
+                if not self._meets(request, pred, e.address):
+                    scores[i] *= MISS_FACTOR
+        return scores
+
+    # -- accounting -------------------------------------------------------------------
 
     def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:
         now = self._clock()
         address = endpoint.address
-        left = self.backlog(address, now)
-        tokens = request.uncached_tokens(address)
-        self._backlog[address] = (left + tokens, now)
-        self._mean_tokens += 0.05 * (tokens - self._mean_tokens)
+        st = self.pod(address)
+        running = max(endpoint.metrics.running, endpoint.inflight)
+        work = self.model_of(address).prefill_seconds(request.uncached_tokens(address), running)
+        st.advance(now)
+        st.sent += work
+        st.mean_work += 0.05 * (work - st.mean_work)
+        pred = request.latency
+        if pred is None:
+            return
+        pred.position = st.sent
+        if address in pred.ttft:
+            pred.chosen = address
+            st.pred_sum += pred.ttft[address]
+            st.pred_n += 1
+
+    def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
+        pred = request.latency
+        st = self._pods.get(endpoint.address)
+        if pred is None or st is None or pred.chosen != endpoint.address:
+            return  # (a fallback served: its position is in another pod's totals)
+        st.advance(self._clock())
+        if pred.position > st.done:
+            st.done = min(pred.position, st.sent)
+
+    def response_headers(
+        self, request: InferenceRequest, served: str | None
+    ) -> Sequence[tuple[str, str]]:
+        pred = request.latency
+        if not self.expose or pred is None or not pred.ttft:
+            return ()
+        address = served if served is not None and served in pred.ttft else pred.chosen
+        if address not in pred.ttft:
+            return ()
+        return (
+            (TTFT_HEADER, f"{pred.ttft[address] * 1000:.1f}"),
+            (TPOT_HEADER, f"{pred.tpot[address] * 1000:.2f}"),
+        )
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
-        for state in (self._backlog, self._rates, self._seen):
-            state.pop(endpoint.address, None)
+        self._pods.pop(endpoint.address, None)
+        self._pool = self._median()
+        self._pool_mean = self._mean()
+        met = self._metrics
+        for metric in (met.predicted_ttft_error, met.predicted_ttft, met.observed_ttft):
+            met.forget(metric, endpoint.address)
+        met.forget(met.prefill_rate, endpoint.address)

@@ -74,6 +74,11 @@ def reference(text: str, names: MetricNames, now: float = 5.0) -> EndpointMetric
         prefill_seconds=total(names.prefill_seconds),
         prefill_tokens=total(names.prefill_tokens),
         prefill_count=total(names.prefill_count),
+        queue_seconds=total(names.queue_seconds),
+        ttft_seconds=total(names.ttft_seconds),
+        ttft_count=total(names.ttft_count),
+        itl_seconds=total(names.itl_seconds),
+        itl_count=total(names.itl_count),
         scraped_at=now,
     )
 

@@ -1,14 +1,19 @@
-"""The predicted-TTFT scorer: prefill backlog in seconds, affinity and load in one unit."""
+"""The predicted-latency plugin: backlog in seconds, affinity and load in one unit,
+coefficients learned per pod from its counters, latency targets."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from picker.datalayer.datastore import Endpoint, EndpointMetrics
+from picker.observability import Metrics
 from picker.request.types import InferenceRequest, PrefixMatch
-from picker.scheduling.framework import Params
+from picker.scheduling.framework import Handle, Params
 from picker.scheduling.profile import build_profile
-from picker.scheduling.scorers.ttft import PredictedTTFTScorer
+from picker.scheduling.scorers.latency_model import RLS, PodModel, Priors
+from picker.scheduling.scorers.ttft import TTFT_HEADER, PredictedLatency
 
 
 class Clock:
@@ -19,9 +24,9 @@ class Clock:
         return self.t
 
 
-def scorer(clock: Clock) -> PredictedTTFTScorer:
-    params = Params({"tokens_per_second": 10000, "overhead_s": 0.01})
-    return PredictedTTFTScorer("ttft", params, None, clock)
+def plugin(clock: Clock, **extra: object) -> PredictedLatency:
+    raw = {"tokens_per_second": 10000, "overhead_s": 0.01, "request_s": 0.0, **extra}
+    return PredictedLatency("ttft", Params(raw), Handle(metrics=Metrics()), clock)
 
 
 def req(tokens: int, held: dict[str, int] | None = None) -> InferenceRequest:
@@ -31,47 +36,187 @@ def req(tokens: int, held: dict[str, int] | None = None) -> InferenceRequest:
     return r
 
 
-def test_backlog_drains_at_the_rate() -> None:
+def test_backlog_drains_in_seconds() -> None:
     clock = Clock()
-    s = scorer(clock)
+    s = plugin(clock)
     a = Endpoint("10.0.0.1:8000")
     s.on_pick(req(5000), a)
-    assert s.backlog(a.address, clock.t) == 5000
-    clock.t += 0.2  # 2,000 tokens prefilled at 10k/s
-    assert s.backlog(a.address, clock.t) == pytest.approx(3000)
-    assert s.predict(req(1000), a, clock.t) == pytest.approx(0.01 + 4000 / 10000)
+    assert s.backlog(a.address, clock.t) == pytest.approx(0.5)  # 5,000 tokens at 10k/s
+    clock.t += 0.2
+    assert s.backlog(a.address, clock.t) == pytest.approx(0.3)
+    assert s.predict(req(1000), a, clock.t) == pytest.approx(0.01 + 0.3 + 0.1)
     clock.t += 1.0
     assert s.backlog(a.address, clock.t) == 0.0
 
 
 def test_a_prefix_hit_is_worth_its_tokens_and_a_busy_holder_its_backlog() -> None:
     clock = Clock()
-    s = scorer(clock)
+    s = plugin(clock)
     holder, other = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
     r = req(1000, {holder.address: 8})  # 800 of 1,000 tokens cached on the holder
-    assert s.score(r, [holder, other]) == [1.0, pytest.approx((0.01 + 0.02) / (0.01 + 0.1))]
-    s.on_pick(req(1500), holder)  # the holder now has 1,500 tokens queued
+    assert s.score(r, [holder, other]) == [1.0, pytest.approx(30 / 110)]  # in whole ms
+    s.on_pick(req(1500), holder)  # the holder now has 0.15 s of prefill queued
     preds = [s.predict(r, e, clock.t) for e in (holder, other)]
     assert preds == [pytest.approx(0.01 + 0.17), pytest.approx(0.01 + 0.1)]
-    assert s.score(r, [holder, other])[1] == 1.0  # recomputing elsewhere is faster now
+    r2 = req(1000, {holder.address: 8})
+    assert s.score(r2, [holder, other])[1] == 1.0  # recomputing elsewhere is faster now
 
 
 def test_a_pod_that_reports_a_queue_is_not_assumed_idle() -> None:
     clock = Clock()
-    s = scorer(clock)
+    s = plugin(clock)
     slow, fast = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
-    for _ in range(40):
-        s.on_pick(req(1000), fast)  # the mean request: 1,000 uncached tokens (learned)
-    clock.t += 10  # picker's fluid backlog has drained everywhere
-    slow.metrics = EndpointMetrics(waiting=3)  # but the slow pod says 3 are still waiting
-    scores = s.score(req(1000), [slow, fast])
+    for _ in range(60):
+        s.on_pick(req(1000), slow)  # the slow pod's mean request: 0.1 s of prefill
+    clock.t += 10  # picker's own backlog has drained everywhere
+    slow.metrics = EndpointMetrics(waiting=3, scraped_at=clock.t)
+    scores = s.score(req(1000), [slow, fast])  # but the slow pod says 3 are waiting
     assert scores[1] == 1.0 and scores[0] < 0.5
 
 
-def test_declared_through_the_registry() -> None:
-    prof = build_profile({"scorers": {"predicted_ttft": 1, "prefix": 0}})
-    assert [sc.type for sc, _ in prof.scorers] == ["predicted_ttft"]
-    assert {p.type for p in prof.producers} == {"prefix"}  # weight 0: data, no score
+def scrape(m: EndpointMetrics, t: float, **deltas: float) -> EndpointMetrics:
+    """``m`` advanced by ``deltas`` (counter increments), scraped at ``t``."""
+    fields = {k: getattr(m, k) + v for k, v in deltas.items()}
+    return dataclasses.replace(m, scraped_at=t, **fields)
+
+
+def feed(model: PodModel, per_token: float, per_request: float, n: int = 40) -> None:
+    """Scrapes of a pod whose prefill costs ``per_request + per_token * tokens``, with
+    requests of varying length (so the two terms can be told apart)."""
+    m = EndpointMetrics(scraped_at=1.0)
+    model.learn(m)
+    for i in range(n):
+        reqs, tokens = 5.0, 5.0 * (200 + 300 * (i % 7))
+        seconds = reqs * per_request + tokens * per_token
+        m = scrape(m, 2.0 + i, prefill_count=reqs, prefill_tokens=tokens, prefill_seconds=seconds)
+        model.learn(m)
+
+
+def test_a_pod_learns_its_own_speed_and_overhead() -> None:
+    half_speed = PodModel(Priors(tokens_per_second=33000, request_s=0.003))
+    feed(half_speed, per_token=1 / 5000, per_request=0.012)
+    assert 1 / half_speed.seconds_per_token == pytest.approx(5000, rel=0.05)
+    assert half_speed.prefill.theta[0] == pytest.approx(0.012, abs=0.002)
+    assert half_speed.prefill_seconds(1000, 0) == pytest.approx(0.212, rel=0.05)
+
+
+def test_a_restarted_pod_is_not_learned_from_backwards_counters() -> None:
+    model = PodModel(Priors())
+    feed(model, per_token=1 / 10000, per_request=0.005)
+    before = list(model.prefill.theta)
+    assert not model.learn(EndpointMetrics(scraped_at=1000.0, prefill_count=1))
+    assert model.prefill.theta == before
+
+
+def test_rls_stays_within_bounds_on_garbage() -> None:
+    f = RLS(prior=[1.0], scale=[1.0], lo=[0.0], hi=[2.0], lam=0.9)
+    for y in (1e9, -1e9, float("nan"), 5.0):
+        f.update([1.0], y, 0.1)
+    assert 0.0 <= f.theta[0] <= 2.0
+
+
+def test_tpot_and_fixed_overhead_are_learned() -> None:
+    model = PodModel(Priors())
+    m = EndpointMetrics(scraped_at=1.0, running=4)
+    model.learn(m)
+    for i in range(30):
+        m = scrape(
+            m,
+            2.0 + i,
+            prefill_count=4,
+            prefill_tokens=4000,
+            prefill_seconds=0.4,
+            queue_seconds=0.08,
+            ttft_count=4,
+            ttft_seconds=0.4 + 0.08 + 4 * 0.025,  # 25 ms outside queue and prefill
+            itl_count=100,
+            itl_seconds=100 * 0.02,
+        )
+        model.learn(m)
+    assert model.overhead == pytest.approx(0.025, rel=0.05)
+    assert model.tpot_seconds(4) == pytest.approx(0.02, rel=0.1)
+
+
+def test_a_pod_without_counters_takes_the_pools_learned_model() -> None:
+    clock = Clock()
+    s = plugin(clock)
+    vllm, other = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    feed(s.pod(vllm.address).model, per_token=1 / 2000, per_request=0.0)
+    s._pool = s._median()
+    assert s.model_of(other.address) is s.pod(vllm.address).model
+    assert s.predict(req(1000), other, clock.t) == pytest.approx(0.01 + 0.5, rel=0.05)
+
+
+def test_prediction_error_is_exported_per_pod() -> None:
+    clock = Clock()
+    metrics = Metrics()
+    s = PredictedLatency("ttft", Params({"overhead_s": 0.01}), Handle(metrics=metrics), clock)
+    pod = Endpoint("10.0.0.1:8000")
+    pod.metrics = EndpointMetrics(scraped_at=1.0)
+    r = req(100)
+    s.produce(r, [pod])
+    s.on_pick(r, pod)
+    predicted = r.latency.ttft[pod.address] if r.latency else 0.0
+    pod.metrics = scrape(pod.metrics, 2.0, ttft_count=1, ttft_seconds=2 * predicted)
+    s.produce(req(100), [pod])
+    reg = metrics.registry
+    labels = {"endpoint": pod.address}
+    assert reg.get_sample_value("picker_pod_observed_ttft_seconds", labels) == pytest.approx(
+        2 * predicted
+    )
+    count = reg.get_sample_value("picker_pod_predicted_ttft_error_ratio_count", labels)
+    below = reg.get_sample_value(
+        "picker_pod_predicted_ttft_error_ratio_bucket", {**labels, "le": "0.5"}
+    )
+    assert count == 1 and below == 1  # predicted/observed = 0.5
+    s.on_endpoint_removed(pod)
+    assert reg.get_sample_value("picker_pod_observed_ttft_seconds", labels) is None
+
+
+def test_pods_closer_than_the_resolution_tie() -> None:
+    clock = Clock()
+    s = plugin(clock)
+    a, b = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    s.on_pick(req(3), a)  # 0.3 ms queued on a: below the 1 ms resolution
+    assert s.score(req(10), [a, b]) == [1.0, 1.0]
+    s.on_pick(req(30), a)  # 3.3 ms queued
+    assert s.score(req(10), [a, b])[0] < 1.0
+
+
+def test_latency_targets_avoid_pods_predicted_to_miss_them() -> None:
+    clock = Clock()
+    s = plugin(clock)
+    busy, idle = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    s.on_pick(req(3000), busy)  # 0.3 s queued
+    r = req(1000, {busy.address: 10})  # all cached on the busy pod: 0.31 s vs 0.11 s
+    r.slo_ttft = 0.2
+    s.produce(r, [busy, idle])
+    assert r.latency is not None and not r.latency.unmeetable
+    assert s.score(r, [busy, idle])[0] < 0.05
+    tight = req(1000)
+    tight.slo_ttft = 0.05  # nobody makes 50 ms
+    s.produce(tight, [busy, idle])
+    assert tight.latency is not None and tight.latency.unmeetable
+
+
+def test_the_prediction_header_is_opt_in() -> None:
+    clock = Clock()
+    pod = Endpoint("10.0.0.1:8000")
+    for expose, expected in ((False, ()), (True, ("110.0",))):
+        s = plugin(clock, expose=expose)
+        r = req(1000)
+        s.produce(r, [pod])
+        s.on_pick(r, pod)
+        headers = dict(s.response_headers(r, None))
+        assert tuple(v for k, v in headers.items() if k == TTFT_HEADER) == expected
+
+
+def test_the_default_profile_predicts_latency() -> None:
+    prof = build_profile()
+    assert [sc.type for sc, _ in prof.scorers] == ["predicted_latency", "lora_affinity"]
+    assert [p.type for p in prof.producers] == ["prefix", "predicted_latency"]
+    old = build_profile({"scorers": {"predicted_ttft": 1, "prefix": 0}})
+    assert [p.type for p in old.producers] == ["prefix", "predicted_latency"]
     with pytest.raises(ValueError, match="tokens_per_second > 0"):
         build_profile(
             {
@@ -79,29 +224,3 @@ def test_declared_through_the_registry() -> None:
                 "scorers": {"predicted_ttft": 1},
             }
         )
-
-
-def test_each_pods_rate_is_learned_from_its_counters() -> None:
-    clock = Clock()
-    s = scorer(clock)  # prior: 10,000 tokens/s
-    fast, slow = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
-
-    def scrape(e: Endpoint, at: float, seconds: float, tokens: float) -> None:
-        e.metrics = EndpointMetrics(scraped_at=at, prefill_seconds=seconds, prefill_tokens=tokens)
-
-    scrape(fast, 1.0, 0.0, 0.0)
-    scrape(slow, 1.0, 0.0, 0.0)
-    s.score(req(1000), [fast, slow])  # first snapshots: nothing to learn yet
-    assert s.rate_of(slow.address) == 10000
-    scrape(fast, 2.0, 0.5, 10000.0)  # 20,000 tokens/s
-    scrape(slow, 2.0, 1.0, 5000.0)  # 5,000 tokens/s
-    scores = s.score(req(1000), [fast, slow])
-    assert s.rate_of(fast.address) == pytest.approx(20000)
-    assert s.rate_of(slow.address) == pytest.approx(5000)
-    assert scores[0] == 1.0 and scores[1] < scores[0]
-    scrape(slow, 3.0, 1.0, 5000.0)  # idle between scrapes: nothing new, rate kept
-    s.score(req(1000), [slow])
-    assert s.rate_of(slow.address) == pytest.approx(5000)
-    scrape(slow, 4.0, 1.5, 7500.0)  # another 5,000 tokens/s sample: the average holds
-    s.score(req(1000), [slow])
-    assert s.rate_of(slow.address) == pytest.approx(5000)
