@@ -22,6 +22,7 @@ COLUMNS = (
     ("skew", "max pod share"),
     ("queue", "queue mean/max"),
     ("obs", "pod time polled %"),
+    ("ape", "pred. error p50/p90 %"),
 )
 
 
@@ -38,6 +39,14 @@ def _num(v: Any, fmt: str = "{:.1f}") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return fmt.format(v)
+
+
+def _pct(d: dict[str, Any] | None) -> str:
+    if not d or not d.get("count"):
+        return "-"
+    return "/".join(
+        _num(None if d.get(k) is None else d[k] * 100, "{:.0f}") for k in ("p50", "p90")
+    )
 
 
 def row(r: dict[str, Any]) -> dict[str, str]:
@@ -62,6 +71,7 @@ def row(r: dict[str, Any]) -> dict[str, str]:
         "hit": _num(None if r.get("prefix_hit_rate") is None else r["prefix_hit_rate"] * 100),
         "skew": "-" if skew is None else f"{skew:.2f} (fair {1 / max(n_pods, 1):.2f})",
         "queue": "-" if not queue else f"{queue['mean_waiting']:.1f}/{queue['max_waiting']:.0f}",
+        "ape": _pct(r.get("prediction_ape")),
         "obs": _num(
             None if r.get("observation_share") is None else r["observation_share"] * 100,
             "{:.2f}",

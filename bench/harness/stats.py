@@ -66,6 +66,11 @@ def summarize(
     errors = Counter(str(r.outcome.status) for r in records if not r.outcome.ok)
     first_error = next((r.outcome.error for r in records if not r.outcome.ok), None)
     per_pod = Counter(r.outcome.pod or "?" for r in ok)
+    ape = [
+        abs(o.predicted_ttft - o.ttft) / o.ttft
+        for r in ok
+        if (o := r.outcome).predicted_ttft is not None and o.ttft
+    ]
     result: dict[str, Any] = {
         "requests": len(records),
         "ok": len(ok),
@@ -80,6 +85,9 @@ def summarize(
         "tpot": describe(tpots),
         "e2e": describe(e2e),
         "pod_share": share(per_pod),
+        # picker's predicted TTFT (x-picker-predicted-ttft-ms) against the client's:
+        # absolute percentage error, over the requests that carried a prediction.
+        "prediction_ape": describe(ape),
     }
     if pod_deltas:
         result.update(pod_summary(pod_deltas))

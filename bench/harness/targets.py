@@ -3,7 +3,12 @@
 Target names (``--targets``):
 
 * ``picker``              Envoy + ext_proc picker (``bench.stack.Stack``), with a
-                          ``picker_config`` (default :data:`DEFAULT_PICKER_CONFIG`).
+                          ``picker_config`` (default :data:`DEFAULT_PICKER_CONFIG`: the
+                          built-in default profile, its predictions exposed).
+* ``picker:weighted``     picker's previous default: the weighted sum of unitless
+                          scores, polling every pod every 50 ms (no observation budget).
+* ``picker:rr``           picker doing round-robin with scraping off: the floor of
+                          picker's own path (Envoy + ext_proc, no observation).
 * ``round_robin``         Envoy's ROUND_ROBIN over a static cluster of the pods.
 * ``least_request``       Envoy's LEAST_REQUEST likewise.
 * ``vllm-router:POLICY``  vllm-router (PyPI) over the pods' URLs; see ``bench.routers``.
@@ -21,12 +26,35 @@ from typing import Any
 from bench.stack.gateway import Stack
 from bench.stack.procs import Procs
 from bench.stack.routers import ROUTERS, start_router
+from picker.scheduling.profile import DEFAULT_SCHEDULER
 
 ENVOY_TARGETS = ("picker", "round_robin", "least_request")
 
-# picker as shipped: an empty config means picker's built-in default profile
-# (picker.scheduling.profile.DEFAULT_PROFILE). --picker-config replaces it.
-DEFAULT_PICKER_CONFIG: dict[str, Any] = {}
+# picker as shipped (picker.scheduling.profile.DEFAULT_SCHEDULER), with the opt-in
+# prediction header on, so the harness can report the prediction error.
+# --picker-config replaces it.
+DEFAULT_PICKER_CONFIG: dict[str, Any] = {
+    "scheduler": {
+        **DEFAULT_SCHEDULER,
+        "plugins": [{"type": "predicted_latency", "parameters": {"expose": True}}],
+    }
+}
+PICKER_VARIANTS: dict[str, dict[str, Any]] = {
+    "weighted": {
+        "scheduler": {
+            "filters": ["lora"],
+            "scorers": {
+                "prefix": 3.0,
+                "queue": 2.0,
+                "kv_cache": 1.0,
+                "lora_affinity": 1.0,
+                "least_inflight": 1.0,
+            },
+        },
+        "scrape": {"interval": 0.05, "budget": 0.0},
+    },
+    "rr": {"scheduler": {"scorers": {}, "picker": "round_robin"}, "scrape": {"enabled": False}},
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +76,8 @@ def parse_target(text: str, url: str = "") -> Target:
     kind, _, policy = text.strip().partition(":")
     if kind in ENVOY_TARGETS and not policy:
         return Target(kind)
+    if kind == "picker" and policy in PICKER_VARIANTS:
+        return Target(kind, policy)
     if kind in ROUTERS:
         return Target(kind, policy or "cache_aware")
     if kind == "url":
@@ -55,7 +85,8 @@ def parse_target(text: str, url: str = "") -> Target:
             raise ValueError("target 'url' needs --url")
         return Target("url", url=policy or url)  # "url:http://host:port" or --url
     raise ValueError(
-        f"unknown target {text!r}; use picker, round_robin, least_request, "
+        f"unknown target {text!r}; use picker[:{'|'.join(PICKER_VARIANTS)}], round_robin, "
+        "least_request, "
         "vllm-router:POLICY, sglang-router:POLICY or url"
     )
 
@@ -75,7 +106,10 @@ def launch(
         yield target.url.rstrip("/")
         return
     if target.kind in ENVOY_TARGETS:
-        cfg = dict(DEFAULT_PICKER_CONFIG if picker_config is None else picker_config)
+        if target.policy:
+            cfg = dict(PICKER_VARIANTS[target.policy])
+        else:
+            cfg = dict(DEFAULT_PICKER_CONFIG if picker_config is None else picker_config)
         if target.kind == "picker" and adapters and "pools" not in cfg:
             cfg["pools"] = [
                 {"name": "pool", "models": ["*"], "adapters": adapters, "endpoints": pods}

@@ -23,6 +23,7 @@ class Outcome:
     itl: list[float] = field(default_factory=list)
     output_tokens: int = 0
     pod: str | None = None  # the simulator's x-sim-pod header, when present
+    predicted_ttft: float | None = None  # picker's x-picker-predicted-ttft-ms, in seconds
     error: str | None = None
     sent_at: float = 0.0
 
@@ -49,6 +50,9 @@ async def send(
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             out = Outcome(status=resp.status, pod=resp.headers.get("x-sim-pod"), sent_at=t0)
+            predicted = resp.headers.get("x-picker-predicted-ttft-ms")
+            if predicted:
+                out.predicted_ttft = float(predicted) / 1000.0
             if resp.status != 200:
                 out.error = (await resp.read())[:500].decode("utf-8", "replace")
                 out.e2e = time.perf_counter() - t0
