@@ -203,6 +203,34 @@ def shared_prefix(
     return out
 
 
+def hot_prefix(
+    n: int,
+    seed: int = 0,
+    *,
+    hot_share: float = 0.4,
+    groups: int = 8,
+    prompts_per_group: int = 16,
+    system_len: int = 1000,
+    question_len: int = 100,
+    output_len: int = 16,
+    model: str = MODEL,
+) -> list[RequestSpec]:
+    """Skewed popularity: one system prompt carries ``hot_share`` of the requests, the
+    other ``groups - 1`` share the rest evenly (a prefix too hot for one pod)."""
+    rng = random.Random(f"hot_prefix:{seed}")
+    systems = [f"group {g}: " + words(rng, system_len) for g in range(groups)]
+    questions = [
+        [systems[g] + "\nQuestion: " + words(rng, question_len) for _ in range(prompts_per_group)]
+        for g in range(groups)
+    ]
+    out = []
+    for _ in range(n):
+        g = 0 if rng.random() < hot_share else rng.randrange(1, groups)
+        prompt = rng.choice(questions[g])
+        out.append(RequestSpec(COMPLETIONS, _completion(model, prompt, output_len), group=f"g{g}"))
+    return out
+
+
 def multi_turn(
     n: int,
     seed: int = 0,
@@ -326,6 +354,7 @@ Builder = Callable[..., list[RequestSpec]]
 WORKLOADS: dict[str, Builder] = {
     "shared_prefix": shared_prefix,
     "multi_turn": multi_turn,
+    "hot_prefix": hot_prefix,
     "uniform": uniform,
     "lora_mix": lora_mix,
     "trace": trace,
