@@ -158,6 +158,42 @@ class DiscoveryConfig:
             raise ValueError("discovery: max_pods, max_event_bytes, watch_timeout out of range")
 
 
+@dataclass
+class PeersConfig:
+    """Active-active replicas sharing pick records (``picker.datalayer.peers``); off when
+    both ``publish`` and ``endpoints`` are empty. Needs pyzmq (``picker[peers]``)."""
+
+    publish: str = ""  # this replica's XPUB bind address, e.g. tcp://0.0.0.0:5570
+    endpoints: list[str] = field(default_factory=list)  # every replica's (itself may be in)
+    id: str = ""  # this replica's name in logs; "": hostname:pid
+    flush_interval: float = 0.001  # records wait at most this long to share one send
+    batch_bytes: int = 64 * 1024  # ... or until this many bytes are pending
+    state_interval: float = 0.5  # own in-flight table + heartbeat
+    peer_timeout: float = 3.0  # a peer silent this long is gone: its load is dropped
+    replay_bytes: int = 4 << 20  # recent picks replayed to a new peer (bounded)
+    warmup: float = 2.0  # readiness waits this long at most for the peers' replays
+    max_message_bytes: int = 1 << 20  # larger messages close the connection (ZMQ)
+    max_peers: int = 64
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.publish or self.endpoints)
+
+    def validate(self) -> None:
+        for e in ([self.publish] if self.publish else []) + list(self.endpoints):
+            if not isinstance(e, str) or not re.match(r"^(tcp|ipc|inproc)://\S+$", e):
+                raise ValueError(f"peers: {e!r} is not a ZMQ endpoint (tcp://host:port)")
+        if min(self.flush_interval, self.warmup) < 0 or self.state_interval <= 0:
+            raise ValueError("peers: intervals must be >= 0 (state_interval > 0)")
+        if self.peer_timeout <= self.state_interval:
+            raise ValueError("peers: peer_timeout must exceed state_interval")
+        # A batch is flushed past batch_bytes: it may hold one largest record more.
+        if self.batch_bytes < 1024 or self.max_message_bytes < 2 * self.batch_bytes + (80 << 10):
+            raise ValueError("peers: batch_bytes >= 1 KiB, max_message_bytes >= 2 x it + 80 KiB")
+        if self.replay_bytes < 0 or self.max_peers < 1:
+            raise ValueError("peers: replay_bytes >= 0, max_peers >= 1")
+
+
 def parse_ports(text: str) -> list[int]:
     """``8000,8001`` → [8000, 8001] (duplicates dropped); ValueError otherwise."""
     out: list[int] = []
@@ -193,6 +229,7 @@ class Config:
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     flow_control: FlowControlConfig = field(default_factory=FlowControlConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)  # active-active replicas
     # model ID, adapter or objective name → criticality (a name, or an objective's
     # integer priority); see docs/objectives.md
     criticality: dict[str, Criticality] = field(default_factory=dict)
@@ -299,6 +336,10 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
         if isinstance(raw.get("endpoint_target_ports"), str):
             raw["endpoint_target_ports"] = parse_ports(raw["endpoint_target_ports"])
         cfg.discovery = _dataclass_from(DiscoveryConfig, raw, "discovery")
+    if "peers" in data:
+        cfg.peers = _dataclass_from(PeersConfig, dict(data.pop("peers") or {}), "peers")
+        cfg.peers.endpoints = [str(e) for e in cfg.peers.endpoints or []]
+        cfg.peers.validate()
     if "flow_control" in data:
         cfg.flow_control = _dataclass_from(
             FlowControlConfig, dict(data.pop("flow_control")), "flow_control"

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
@@ -38,6 +38,9 @@ from picker.transport.h2 import NativeServer, Timeouts
 from picker.transport.h2core import Limits
 from picker.transport.health import HealthStatus
 from picker.transport.tls import ServerTLS
+
+if TYPE_CHECKING:
+    from picker.datalayer.peers import PeerExchange
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,9 @@ class PickerServer:
         self._ready_task: asyncio.Task[None] | None = None
         self._draining = False
         self._background: set[asyncio.Task[None]] = set()
+        self.peers: PeerExchange | None = None
+        if config.peers.enabled:
+            self.peers = _peer_exchange(config, self.datastore, self.metrics, self.profile)
         self.discovery: Discovery | None = None
         if config.discovery.enabled:
             self.discovery = discovery_from_config(
@@ -144,6 +150,8 @@ class PickerServer:
             # its first scrape of every pod found is what readiness waits for.
             await self.discovery.start()
         await self.profile.start()
+        if self.peers is not None:
+            await self.peers.start()
         self._ready_task = asyncio.create_task(self._become_ready())
         log.info(
             "picker %s serving ext_proc (%s) on %s:%d, health on :%d, metrics on :%d, "
@@ -183,6 +191,8 @@ class PickerServer:
                 await self.scraper.start()
         if self.scraper is not None:
             await self.scraper.first_scrape_done.wait()
+        if self.peers is not None:  # the peers' recent picks first (bounded wait)
+            await self.peers.warmed.wait()
         if self.discovery is not None and not self.discovery.ready:
             return  # the pool went away meanwhile; ``_discovery_ready`` sets it when back
         self.health_status.set_ready(True)
@@ -218,6 +228,8 @@ class PickerServer:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.scraper is not None:
             await self.scraper.stop()
+        if self.peers is not None:
+            await self.peers.stop()
         await self.profile.stop()
         if self.tls is not None:
             await self.tls.stop()
@@ -230,6 +242,24 @@ class PickerServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+def _peer_exchange(
+    config: Config, datastore: Datastore, metrics: Metrics, profile: Profile
+) -> PeerExchange:
+    """The exchange with the other replicas, its recorder added to the profile."""
+    from picker.datalayer.peers import PeerExchange
+    from picker.scheduling.peering import PeerRecorder, prefix_layout
+
+    exchange = PeerExchange(
+        config.peers,
+        datastore,
+        metrics,
+        layout=prefix_layout(profile),
+        on_pick=profile.on_peer_pick,
+    )
+    profile.add_plugin(PeerRecorder(exchange))
+    return exchange
 
 
 def _configured_models(config: Config, datastore: Datastore) -> list[str]:

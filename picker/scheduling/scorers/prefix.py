@@ -271,6 +271,23 @@ class PrefixScorer(DataProducer, Scorer):
             if self._size_gauge is not None:
                 self._size_gauge.set(len(self.index))
 
+    @property
+    def layout(self) -> str:
+        """What makes two replicas' block hashes comparable (``picker.datalayer.peers``)."""
+        return f"prefix:{self.block_chars}:{self.double_every}:{self.max_block_chars}"
+
+    def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
+        self.observe_remote(endpoint, hashes)
+
+    def observe_remote(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
+        """Another replica sent a prompt with these blocks to ``endpoint``: the pod now
+        holds them, as after an own pick (hashes of this plugin's ``layout``)."""
+        if hashes:
+            self._sync_capacity(endpoint)
+            self.index.add(endpoint.address, hashes)
+            if self._size_gauge is not None:
+                self._size_gauge.set(len(self.index))
+
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         self.index.forget(endpoint.address)
         if self._size_gauge is not None:

@@ -1,0 +1,498 @@
+"""Pick records between active-active picker replicas: a shared view of where prompts
+went and of the load each replica has in flight, over ZMQ pub/sub (no store, no
+consensus).
+
+Every replica binds one XPUB socket (``peers.publish``) and connects one SUB socket to
+every replica's (``peers.endpoints``; listing itself is harmless, its own messages are
+recognised and ignored). On the wire (``peer_wire``):
+
+* each routing decision is a PICK record (pod, the request's prefix block hashes as the
+  ``prefix`` plugin computed them, its estimated uncached tokens), each response end a
+  DONE record; records are buffered and sent as one LIVE batch ``flush_interval`` after
+  the first (one send per batch, not per request);
+* every ``state_interval`` a STATE batch carries the replica's own in-flight count per
+  pod (absolute): it corrects whatever a lost batch left wrong and is the heartbeat;
+* a new subscriber gets a REPLAY of the publisher's recent picks (``replay_bytes`` at
+  most, oldest first) on a topic only it subscribes to, so it learns the prefix state
+  from its peers instead of from zero (the XPUB socket sees the subscription arrive).
+
+A receiver applies a peer's PICK to the pod's load (``Endpoint.inflight``,
+``sent_since_scrape``, ``inflight_tokens``: the counts every load scorer reads, which
+so become the whole gateway's and not one replica's) and hands the hashes to the
+plugins (``on_peer_pick``: the prefix index); a DONE takes the load off again. What a
+peer added is tracked per peer and pod, so it comes off exactly: at its next STATE,
+and all of it when the peer is silent for ``peer_timeout`` (killed, partitioned).
+State is bounded: at most ``max_peers`` peers, entries only for pods in the datastore,
+a bounded replay ring, bounded messages (``max_message_bytes``, enforced by ZMQ).
+Malformed messages are dropped and counted, never applied in part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from picker.datalayer import peer_wire as wire
+from picker.datalayer.datastore import Datastore, Endpoint
+from picker.observability import Metrics
+
+if TYPE_CHECKING:
+    from picker.config import PeersConfig
+
+log = logging.getLogger(__name__)
+
+PeerPick = Callable[[Endpoint, list[int], int], None]
+"""``(endpoint, prefix block hashes, uncached tokens)``: a peer sent a request there."""
+
+MAX_PER_POD = 100_000  # a peer's in-flight count on one pod is capped here
+_REPLAY_CHUNK = 32 * 1024
+
+
+def _zmq() -> Any:
+    try:
+        import zmq
+        import zmq.asyncio
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise RuntimeError(
+            "peers: sharing state between replicas needs pyzmq: pip install 'picker[peers]'"
+        ) from None
+    return zmq
+
+
+@dataclass(slots=True, eq=False)
+class Peer:
+    """One replica heard from (a process: its nonce), and what it added to pod loads."""
+
+    nonce: int
+    sender: str
+    heard: float
+    seq: int = -1
+    inflight: dict[Endpoint, list[int]] = field(default_factory=dict)  # ep -> [count, tokens]
+
+
+class PeerTable:
+    """Applies peers' batches to the datastore's endpoints (no sockets: testable alone)."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        on_pick: PeerPick,
+        *,
+        nonce: int,
+        layout: int,
+        metrics: Metrics,
+        max_peers: int = 64,
+    ) -> None:
+        self.datastore = datastore
+        self.on_pick = on_pick
+        self.nonce = nonce
+        self.layout = layout
+        self.metrics = metrics
+        self.max_peers = max_peers
+        self.peers: dict[int, Peer] = {}
+        # Summed over peers: what they added to each endpoint (own = ep.inflight - this).
+        self.folded: dict[Endpoint, list[int]] = {}
+        self.replays_done: set[int] = set()  # nonces whose replay reached us completely
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        m = self.metrics
+        m.child(m.peer_dropped, reason).inc(n)
+
+    def received(self, kind: str, n: int) -> None:
+        m = self.metrics
+        m.child(m.peer_records, "received", kind).inc(n)
+
+    def own(self, ep: Endpoint) -> tuple[int, int]:
+        """This replica's own in-flight count and tokens on ``ep``."""
+        f = self.folded.get(ep)
+        if f is None:
+            return ep.inflight, ep.inflight_tokens
+        return ep.inflight - f[0], ep.inflight_tokens - f[1]
+
+    @property
+    def peer_inflight(self) -> int:
+        return sum(f[0] for f in self.folded.values())
+
+    def _add(self, peer: Peer, ep: Endpoint, count: int, tokens: int) -> None:
+        """Adds (or, negative, removes) ``peer``'s load on ``ep``; never below zero."""
+        entry = peer.inflight.get(ep)
+        if entry is None:
+            if count <= 0:
+                return
+            entry = peer.inflight[ep] = [0, 0]
+        count = max(-entry[0], min(count, MAX_PER_POD - entry[0]))
+        tokens = max(-entry[1], tokens)
+        entry[0] += count
+        entry[1] += tokens
+        if entry[0] == 0:
+            tokens -= entry[1]  # no request left: no tokens either
+            entry[1] = 0
+            del peer.inflight[ep]
+        ep.inflight += count
+        ep.inflight_tokens += tokens
+        f = self.folded.get(ep)
+        if f is None:
+            f = self.folded[ep] = [0, 0]
+        f[0] += count
+        f[1] += tokens
+        if f[0] <= 0:
+            del self.folded[ep]
+
+    def forget(self, peer: Peer) -> None:
+        """Takes everything ``peer`` added off the pods' loads."""
+        for ep, (count, tokens) in list(peer.inflight.items()):
+            self._add(peer, ep, -count, -tokens)
+        self.peers.pop(peer.nonce, None)
+        self.metrics.peers_connected.set(len(self.peers))
+
+    def expire(self, now: float, timeout: float) -> list[Peer]:
+        gone = [p for p in self.peers.values() if now - p.heard > timeout]
+        for p in gone:
+            log.warning("peer %s silent for %.1f s: its in-flight load dropped", p.sender, timeout)
+            self.forget(p)
+        return gone
+
+    def _endpoint(self, address: str) -> Endpoint | None:
+        ep = self.datastore.by_address.get(address)
+        return None if ep is None or ep.removed else ep
+
+    def apply(self, batch: wire.Batch, now: float) -> None:
+        own = batch.nonce == self.nonce  # this replica is in its own endpoints list
+        if batch.kind == wire.REPLAY:
+            if batch.flags & wire.FINAL:
+                self.replays_done.add(batch.nonce)
+            if not own:
+                self._replay(batch)
+            return
+        if own:
+            return
+        peer = self.peers.get(batch.nonce)
+        if peer is None:
+            if len(self.peers) >= self.max_peers:
+                self.dropped("too_many_peers")
+                return
+            peer = self.peers[batch.nonce] = Peer(batch.nonce, batch.sender, now)
+            self.metrics.peers_connected.set(len(self.peers))
+            log.info("peer %s joined", batch.sender)
+        peer.heard = now
+        if peer.seq >= 0 and batch.seq > peer.seq + 1:
+            self.dropped("lost", batch.seq - peer.seq - 1)
+        peer.seq = batch.seq
+        if batch.kind == wire.STATE:
+            self._state(peer, batch)
+            return
+        hashes_ok = batch.layout == self.layout
+        if not hashes_ok:
+            self.dropped("layout")
+        picks = dones = unknown = 0
+        for r in batch.records:
+            ep = self._endpoint(r.address)
+            if ep is None:
+                unknown += 1
+                continue
+            if r.tag == wire.PICK:
+                picks += 1
+                self._add(peer, ep, 1, r.tokens)
+                ep.sent_since_scrape += 1
+                if r.hashes and hashes_ok:
+                    self.on_pick(ep, r.hashes, r.tokens)
+            else:
+                dones += 1
+                self._add(peer, ep, -1, -r.tokens)
+        if picks:
+            self.received("pick", picks)
+        if dones:
+            self.received("done", dones)
+        if unknown:
+            self.dropped("unknown_endpoint", unknown)
+
+    def _state(self, peer: Peer, batch: wire.Batch) -> None:
+        wanted: dict[Endpoint, tuple[int, int]] = {}
+        for r in batch.records:
+            ep = self._endpoint(r.address)
+            if ep is not None:
+                wanted[ep] = (r.inflight, r.tokens)
+        for ep in [e for e in peer.inflight if e not in wanted]:
+            count, tokens = peer.inflight[ep]
+            self._add(peer, ep, -count, -tokens)
+        for ep, (count, tokens) in wanted.items():
+            have = peer.inflight.get(ep, (0, 0))
+            self._add(peer, ep, count - have[0], tokens - have[1])
+        self.received("state", 1)
+
+    def _replay(self, batch: wire.Batch) -> None:
+        if batch.layout != self.layout:
+            self.dropped("layout")
+        else:
+            n = 0
+            for r in batch.records:
+                ep = self._endpoint(r.address)
+                if ep is not None and r.hashes:
+                    self.on_pick(ep, r.hashes, r.tokens)
+                    n += 1
+            if n:
+                self.received("replay", n)
+
+
+class PeerExchange:
+    """This replica's end of the exchange: publishes its records, applies its peers'."""
+
+    def __init__(
+        self,
+        config: PeersConfig,
+        datastore: Datastore,
+        metrics: Metrics,
+        *,
+        layout: int,
+        on_pick: PeerPick,
+    ) -> None:
+        self.config = config
+        self.datastore = datastore
+        self.metrics = metrics
+        self.nonce = secrets.randbits(64)
+        self.id = config.id or f"{socket.gethostname()}:{os.getpid()}"
+        self._id = self.id.encode()[: wire.MAX_ID]
+        self.layout = layout
+        self.table = PeerTable(
+            datastore,
+            on_pick,
+            nonce=self.nonce,
+            layout=layout,
+            metrics=metrics,
+            max_peers=config.max_peers,
+        )
+        self.warmed = asyncio.Event()  # replays in from every endpoint, or warmup passed
+        self._buf = bytearray()
+        self._picks = 0
+        self._dones = 0
+        self._seq = 0
+        self._ring: deque[bytes] = deque()
+        self._ring_bytes = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._z: Any = None  # the zmq module, once started
+        self._ctx: Any = None
+        self._pub: Any = None
+        self._sub: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self.bound = ""  # the publish endpoint actually bound (port 0 resolved)
+
+    # -- the request path: cheap appends, sent later in one batch -------------------
+
+    def picked(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
+        rec = wire.pick(endpoint.address.encode(), tokens, list(hashes))
+        self._buf += rec
+        self._picks += 1
+        if hashes:
+            ring = self._ring
+            ring.append(rec)
+            self._ring_bytes += len(rec)
+            while self._ring_bytes > self.config.replay_bytes and ring:
+                self._ring_bytes -= len(ring.popleft())
+        self._schedule()
+
+    def done(self, endpoint: Endpoint, tokens: int) -> None:
+        self._buf += wire.done(endpoint.address.encode(), tokens)
+        self._dones += 1
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush_handle is not None or not self._running:
+            return
+        if len(self._buf) >= self.config.batch_bytes:
+            self._flush()
+            return
+        loop = asyncio.get_running_loop()
+        self._flush_handle = loop.call_later(self.config.flush_interval, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if not self._buf or self._pub is None:
+            return
+        body, self._buf = bytes(self._buf), bytearray()
+        self._send(wire.LIVE_TOPIC, wire.LIVE, body)
+        m = self.metrics
+        if self._picks:
+            m.child(m.peer_records, "sent", "pick").inc(self._picks)
+        if self._dones:
+            m.child(m.peer_records, "sent", "done").inc(self._dones)
+        self._picks = self._dones = 0
+
+    def _send(self, topic: bytes, kind: int, body: bytes, flags: int = 0) -> None:
+        seq = 0
+        if kind != wire.REPLAY:
+            self._seq += 1
+            seq = self._seq
+        head = wire.header(kind, self.layout, self.nonce, seq, self._id, flags)
+        zmq = self._z
+        try:
+            self._pub.send_multipart([topic, head + body], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:  # the send queue is full (high-water mark)
+            self.table.dropped("send_queue_full")
+
+    # -- background --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        zmq = self._z = _zmq()
+        cfg = self.config
+        self._ctx = zmq.asyncio.Context()
+        pub = self._ctx.socket(zmq.XPUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, 10_000)
+        if cfg.publish:
+            try:
+                pub.bind(cfg.publish)
+            except zmq.ZMQError as e:
+                pub.close(linger=0)
+                self._ctx.term()
+                raise RuntimeError(f"peers.publish {cfg.publish!r}: {e}") from None
+            self.bound = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 10_000)
+        sub.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
+        sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sub.setsockopt(zmq.SUBSCRIBE, wire.LIVE_TOPIC)
+        sub.setsockopt(zmq.SUBSCRIBE, wire.replay_topic(self.nonce))
+        for endpoint in cfg.endpoints:
+            sub.connect(endpoint)
+        self._pub, self._sub = pub, sub
+        self._running = True
+        loop = asyncio.get_running_loop()
+        for coro, name in (
+            (self._receive(), "peers-receive"),
+            (self._subscriptions(), "peers-replay"),
+            (self._heartbeat(), "peers-state"),
+            (self._warmup(), "peers-warmup"),
+        ):
+            self._tasks.append(loop.create_task(coro, name=name))
+        log.info(
+            "peers: replica %s publishing on %s, subscribed to %d endpoint(s)",
+            self.id,
+            self.bound or "-",
+            len(cfg.endpoints),
+        )
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for peer in list(self.table.peers.values()):
+            self.table.forget(peer)
+        for sock in (self._pub, self._sub):
+            if sock is not None:
+                sock.close(linger=0)
+        self._pub = self._sub = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    async def _receive(self) -> None:
+        zmq = _zmq()
+        sub, table = self._sub, self.table
+        while True:
+            try:
+                frames = await sub.recv_multipart(copy=True)
+            except zmq.ZMQError as e:
+                if e.errno == zmq.ETERM:
+                    return
+                log.warning("peers: receive failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            if len(frames) != 2:
+                table.dropped("malformed")
+                continue
+            try:
+                batch = wire.decode(frames[1])
+            except wire.WireError as e:
+                table.dropped(e.reason)
+                continue
+            try:
+                table.apply(batch, time.monotonic())
+            except Exception:  # a bug must not stop the exchange; the batch is lost
+                table.dropped("error")
+                log.exception("peers: cannot apply a batch from %s", batch.sender)
+            if not self.warmed.is_set() and len(table.replays_done) >= len(self.config.endpoints):
+                self.warmed.set()
+
+    async def _subscriptions(self) -> None:
+        """Replays recent picks to each new subscriber (its ``S<nonce>`` subscription)."""
+        zmq = _zmq()
+        prefix = b"\x01" + wire.REPLAY_PREFIX
+        while True:
+            try:
+                msg = await self._pub.recv()
+            except zmq.ZMQError as e:
+                if e.errno == zmq.ETERM:
+                    return
+                await asyncio.sleep(0.1)
+                continue
+            if msg.startswith(prefix) and len(msg) == 18:
+                self._replay(msg[1:])
+
+    def _replay(self, topic: bytes) -> None:
+        self._flush()
+        chunk: list[bytes] = []
+        size = sent = 0
+        for rec in list(self._ring):
+            chunk.append(rec)
+            size += len(rec)
+            if size >= min(_REPLAY_CHUNK, self.config.batch_bytes):
+                self._send(topic, wire.REPLAY, b"".join(chunk))
+                sent += len(chunk)
+                chunk, size = [], 0
+        self._send(topic, wire.REPLAY, b"".join(chunk), wire.FINAL)
+        sent += len(chunk)
+        m = self.metrics
+        m.child(m.peer_records, "sent", "replay").inc(sent)
+
+    async def _heartbeat(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.state_interval)
+            self.send_state()
+            self.table.expire(time.monotonic(), cfg.peer_timeout)
+            self.metrics.peer_inflight.set(self.table.peer_inflight)
+
+    def send_state(self) -> None:
+        """Sends this replica's own in-flight table (after any pending records)."""
+        self._flush()
+        parts: list[bytes] = []
+        own = self.table.own
+        for ep in self.datastore.by_address.values():
+            count, tokens = own(ep)
+            if count > 0:
+                parts.append(wire.state(ep.address.encode(), count, tokens))
+        self._send(wire.LIVE_TOPIC, wire.STATE, b"".join(parts))
+        m = self.metrics
+        m.child(m.peer_records, "sent", "state").inc()
+
+    async def _warmup(self) -> None:
+        if self.config.endpoints:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.warmed.wait(), self.config.warmup)
+        if not self.warmed.is_set():
+            log.info(
+                "peers: %d of %d endpoint(s) replayed within %.1f s; routing anyway",
+                len(self.table.replays_done),
+                len(self.config.endpoints),
+                self.config.warmup,
+            )
+        self.warmed.set()

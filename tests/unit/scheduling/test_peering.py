@@ -1,0 +1,72 @@
+"""The scheduler's side of the peer exchange: own picks out, peers' picks into the index."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from picker.datalayer.datastore import Endpoint
+from picker.request.types import InferenceRequest
+from picker.scheduling.framework import Handle
+from picker.scheduling.peering import PeerRecorder, prefix_layout
+from picker.scheduling.profile import build_profile
+from picker.scheduling.scorers.prefix import PrefixScorer
+
+PODS = [Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")]
+
+
+class Exchange:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, list[int], int]] = []
+
+    def picked(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
+        self.sent.append(("pick", endpoint.address, list(hashes), tokens))
+
+    def done(self, endpoint: Endpoint, tokens: int) -> None:
+        self.sent.append(("done", endpoint.address, [], tokens))
+
+
+def request(prompt: str) -> InferenceRequest:
+    return InferenceRequest(model="m", prompt=prompt, prompt_tokens=len(prompt) // 4 + 1)
+
+
+def test_own_picks_and_ends_go_to_the_exchange_with_the_prefix_hashes() -> None:
+    profile = build_profile({"scorers": {"prefix": 1, "queue": 1}})
+    ex = Exchange()
+    profile.add_plugin(PeerRecorder(ex))
+    req = request("a long shared system prompt " * 30)
+    ranked = profile.schedule(req, list(PODS))
+    profile.on_pick(req, ranked[0])
+    profile.on_done(req, ranked[0], True)
+    assert req.prefix is not None and req.prefix.hashes
+    tokens = req.uncached_tokens(ranked[0].address)
+    assert ex.sent == [
+        ("pick", ranked[0].address, req.prefix.hashes, tokens),
+        ("done", ranked[0].address, [], tokens),
+    ]
+
+
+def test_a_peer_pick_makes_the_prefix_plugin_prefer_that_pod() -> None:
+    profile = build_profile({"scorers": {"prefix": 1}})
+    req = request("the conversation so far " * 30)
+    profile.schedule(req, list(PODS))
+    assert req.prefix is not None and not req.prefix.matched
+    profile.on_peer_pick(PODS[1], req.prefix.hashes, 100)
+    again = request("the conversation so far " * 30 + "and a new question")
+    assert profile.schedule(again, list(PODS))[0] is PODS[1]
+    assert again.prefix is not None and again.prefix.matched == {PODS[1].address: 5}
+
+
+def test_the_layout_fingerprint_follows_the_block_sizes_only() -> None:
+    def layout(spec: dict[str, object]) -> int:
+        return prefix_layout(build_profile(spec, handle=Handle()))
+
+    base = layout({"scorers": {"prefix": 1}})
+    assert base == layout({"scorers": {"prefix": 3, "queue": 1}})
+    assert base != layout(
+        {
+            "plugins": [{"type": "prefix", "parameters": {"block_chars": 64}}],
+            "scorers": {"prefix": 1},
+        }
+    )
+    assert layout({"scorers": {"queue": 1}}) == 0
+    assert PrefixScorer().layout == "prefix:128:32:16384"
