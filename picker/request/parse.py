@@ -35,7 +35,7 @@ import xxhash
 
 from picker.request import errors
 from picker.request.errors import RequestError
-from picker.request.types import InferenceRequest
+from picker.request.types import ChatInput, InferenceRequest
 
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 
@@ -113,7 +113,36 @@ def parse_request(
     salt = data.get("cache_salt")
     if type(salt) is str and salt:
         req.cache_salt = salt
+    if kind == "chat":
+        req.chat = _chat_input(data)
     return req
+
+
+def _chat_input(data: dict[str, Any]) -> ChatInput | None:
+    """The chat template's inputs, by reference (nothing rendered here). None when a
+    field has a type vLLM would reject, so that no exact prompt is claimed for it."""
+    flags: list[bool] = []
+    for key, default in (("add_generation_prompt", True), ("continue_final_message", False)):
+        value = data.get(key)
+        if value is None:
+            value = default
+        elif type(value) is not bool:
+            return None
+        flags.append(value)
+    kwargs = data.get("chat_template_kwargs")
+    effort = data.get("reasoning_effort")
+    if not (kwargs is None or type(kwargs) is dict) or not (effort is None or type(effort) is str):
+        return None
+    return ChatInput(
+        messages=data["messages"],  # a non-empty list: the renderer checked it
+        tools=data.get("tools"),
+        add_generation_prompt=flags[0],
+        continue_final_message=flags[1],
+        template_kwargs=kwargs,
+        documents=data.get("documents"),
+        reasoning_effort=effort,
+        own_template=data.get("chat_template") is not None,
+    )
 
 
 # -- renderers --------------------------------------------------------------------------
