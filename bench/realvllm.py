@@ -61,7 +61,7 @@ DEFAULT_PYTHON = "/work/vllm-venv/bin/python"
 MODEL_NAME = "tiny-llama"
 HASH_SEED = "0"
 BLOCK_SIZE = 128
-MODEL_VERSION = "1"  # bump when the model recipe changes: the cache dir is rebuilt
+MODEL_VERSION = "2"  # bump when the model recipe changes: the cache dir is rebuilt
 
 
 def vllm_python() -> str:
@@ -84,9 +84,16 @@ _WORDS = (  # noqa: SIM905 - a word list
     "attention head key value hash chain event publish subscribe index match route load"
 ).split()
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+# A header-style chat template with tools (Llama 3.1 instruct manner, picker's own);
+# its turn markers are special tokens added after training, so plain text tokenizes as
+# with the first recipe.
+CHAT_TEMPLATE_FILE = Path(__file__).resolve().parent / "tiny_chat_template.jinja"
+CHAT_SPECIALS = (
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
 )
 
 
@@ -99,7 +106,15 @@ def build_model(out: Path) -> None:
     import random
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     rng = random.Random(1234)
@@ -124,6 +139,7 @@ def build_model(out: Path) -> None:
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHAT_SPECIALS])
     out.mkdir(parents=True, exist_ok=True)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -132,7 +148,7 @@ def build_model(out: Path) -> None:
         unk_token="<unk>",
         model_max_length=4096,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = CHAT_TEMPLATE_FILE.read_text()
     fast.save_pretrained(str(out))
 
     torch.manual_seed(0)
