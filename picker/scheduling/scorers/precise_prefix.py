@@ -14,9 +14,14 @@ Which token ids vLLM hashes:
   add_special_tokens=True)`` (vLLM's default, or the body's ``add_special_tokens``);
 * ``/v1/completions`` with token ids: those ids as they are (``request.token_ids``);
 * a batch of prompts: no single chain, so no match;
-* chat: vLLM renders the messages with the model's Jinja chat template first, which
-  picker does not do yet, so chat requests score 0 here: pair this plugin with the
-  approximate ``prefix`` plugin for chat traffic.
+* chat: the messages rendered with the model's chat template (``chat_template.jinja`` or
+  ``tokenizer_config.json`` beside ``tokenizer.json``, or the ``chat_template`` file),
+  as vLLM renders them, then encoded without the tokenizer's special tokens (vLLM's chat
+  default; the template writes the BOS). ``picker.request.chat_tokens`` does both and
+  encodes each piece of text between special tokens once (an LRU of
+  ``chat_cache_bytes``), so a shared system prompt is not tokenized again. Requests
+  picker cannot render exactly (images, the body's own template, a template error)
+  get no match, as before: pair this plugin with ``prefix`` for those.
 
 LoRA requests hash with ``("lora", name, path)``: give the adapter paths as
 ``lora_paths``. The body's ``cache_salt`` is honoured.
@@ -24,14 +29,21 @@ LoRA requests hash with ``("lora", name, path)``: give the adapter paths as
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from picker.datalayer.datastore import Endpoint
 from picker.datalayer.kv_index import KVBlockIndex, KVEvents
 from picker.datalayer.vllm_blocks import BlockHasher
 from picker.request.types import InferenceRequest, PrefixMatch
 from picker.scheduling.framework import DataProducer, Handle, Params, Scorer
+
+if TYPE_CHECKING:  # jinja2 and tokenizers: imported only when a tokenizer is configured
+    from picker.request.chat_tokens import ChatTokenizer
+
+log = logging.getLogger(__name__)
 
 
 class PromptTokenizer:
@@ -47,6 +59,11 @@ class PromptTokenizer:
         self.add_special_tokens = add_special_tokens
         self._tok = Tokenizer.from_file(str(p))
 
+    @property
+    def backend(self) -> Any:
+        """The ``tokenizers.Tokenizer`` itself (shared with the chat tokenizer)."""
+        return self._tok
+
     def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
         special = self.add_special_tokens if add_special_tokens is None else add_special_tokens
         ids: list[int] = self._tok.encode(text, add_special_tokens=special).ids
@@ -61,7 +78,10 @@ class PrecisePrefixScorer(DataProducer, Scorer):
     vLLM's fixed seed for sha256), ``events`` (a map ``{"ip:port": "tcp://host:port"}``
     or a pattern such as ``"tcp://{host}:5557"``), ``topic`` (ZMQ subscription prefix,
     default all), ``max_blocks`` (2048), ``lora_paths`` (``{adapter: path}`` as the pods
-    load them), ``add_special_tokens`` (True).
+    load them), ``add_special_tokens`` (True, completions only), ``chat_template`` (a
+    Jinja file instead of the model's template), ``chat_template_content_format``
+    ("auto", "string" or "openai", as vLLM's flag), ``chat_template_kwargs`` (the pods'
+    ``--default-chat-template-kwargs``), ``chat_cache_bytes`` (64 MiB).
 
     Subscribes to the pods' KV events on ``start`` (and to a new pod when it first
     becomes a candidate); unsubscribes on ``stop``.
@@ -83,6 +103,8 @@ class PrecisePrefixScorer(DataProducer, Scorer):
         tok_path = p.text("tokenizer")
         special = p.flag("add_special_tokens", True)
         self.tokenizer = PromptTokenizer(tok_path, special) if tok_path else None
+        self.chat = self._chat_tokenizer(p) if self.tokenizer is not None else None
+        self.chat_failures = 0
         ev = p.raw("events")
         topic = p.text("topic", "") or ""
         if ev is None:
@@ -95,6 +117,26 @@ class PrecisePrefixScorer(DataProducer, Scorer):
             raise ValueError(f"plugin {self.name!r}: events must be a map or a pattern string")
         self.max_blocks = p.integer("max_blocks", 2048)
         self.lora_paths = p.mapping("lora_paths")
+
+    def _chat_tokenizer(self, p: Params) -> ChatTokenizer | None:
+        """The model's chat template with the tokenizer; None when the model has none."""
+        from picker.request.chat_template import ChatTemplate, load_templates
+        from picker.request.chat_tokens import DEFAULT_CACHE_BYTES, ChatTokenizer
+
+        assert self.tokenizer is not None
+        model_dir = self.tokenizer.path.parent
+        template_file = p.text("chat_template")
+        content_format = p.text("chat_template_content_format", "auto") or "auto"
+        kwargs = p.raw("chat_template_kwargs")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f"plugin {self.name!r}: chat_template_kwargs must be a map")
+        cache_bytes = p.integer("chat_cache_bytes", DEFAULT_CACHE_BYTES)
+        if not template_file and not load_templates(model_dir):
+            return None
+        template = ChatTemplate.from_dir(
+            model_dir, template_file, content_format=content_format, default_kwargs=kwargs
+        )
+        return ChatTokenizer(self.tokenizer.backend, template, cache_bytes=cache_bytes)
 
     @property
     def index(self) -> KVBlockIndex:
@@ -113,11 +155,26 @@ class PrecisePrefixScorer(DataProducer, Scorer):
         """The prompt token ids vLLM will hash, or None when picker cannot know them."""
         if request.token_ids is not None:
             return request.token_ids
+        if request.kind == "chat":
+            return self._chat_ids(request)
         if request.kind != "completions" or not request.prompt or request.batch:
             return None
         if self.tokenizer is None:
             return None
         return self.tokenizer.encode(request.prompt, request.add_special_tokens)
+
+    def _chat_ids(self, request: InferenceRequest) -> list[int] | None:
+        if self.chat is None or request.chat is None:
+            return None
+        try:
+            return self.chat.encode(request.chat, request.add_special_tokens is True)
+        except Exception as e:
+            # A client's messages through a model's template: any failure (Unsupported,
+            # TemplateError, a type error inside the template) means "no exact match",
+            # never a failed request.
+            self.chat_failures += 1
+            log.debug("chat request not rendered exactly: %s", e)
+            return None
 
     def hashes(self, request: InferenceRequest) -> list[int]:
         ids = self.token_ids(request)
