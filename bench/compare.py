@@ -5,6 +5,7 @@
         [--rates 20,40] [--arrival poisson|constant|closed:16|stages:10x5,40x5]
         [--pods 4] [--speeds 1,1,1,0.5] [--picker-config FILE] [--url URL] [--out DIR]
         [--duration S] [--time-scale X] [--knob shared_prefix.groups=32 ...]
+        [--replicas 1,3 --sharing none,picks,kv_events]   # picker replicas behind Envoy
 
 For every workload x rate x target: fresh pods (reset or restarted, see
 ``bench.harness.pods``), the target started in front of them (``bench.harness.targets``),
@@ -52,8 +53,8 @@ import yaml
 
 from bench.harness import podmetrics, targets
 from bench.harness.plots import plot_all
-from bench.harness.pods import RealPods, SimPods, token_count
-from bench.harness.report import markdown
+from bench.harness.pods import RealPods, SimPods, real_precise_entry, token_count
+from bench.harness.report import markdown, spread_markdown
 from bench.harness.runner import drive
 from bench.harness.stats import summarize
 from bench.harness.workloads import LORA_ADAPTERS, MODEL, Arrival, RequestSpec, build, parse_arrival
@@ -170,6 +171,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=" ".join(DEFAULT_SIM_ARGS),
         help="extra simulator arguments (default: %(default)s)",
     )
+    ap.add_argument(
+        "--replicas",
+        default="1",
+        help="picker replicas behind Envoy, a comma list: each picker target runs with "
+        "each count (default 1); see also --sharing",
+    )
+    ap.add_argument(
+        "--sharing",
+        default="none",
+        help="what picker replicas share, a comma list of none (nothing), picks (pick "
+        "records over ZMQ), kv_events (every replica subscribes to every pod's KV events, "
+        "exact prefix matching); targets are labelled e.g. picker-3r-picks (default none)",
+    )
     ap.add_argument("--picker-config", help="YAML/JSON file: picker config keys (scheduler,...)")
     ap.add_argument("--url", default="", help="external base URL (target 'url')")
     ap.add_argument("--trace", default="", help="JSONL trace for the 'trace' workload")
@@ -180,6 +194,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="workload.key=value, e.g. shared_prefix.groups=32 (repeatable)",
     )
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every target this many times, interleaved (all targets, then again); "
+        "the report adds the spread",
+    )
     ap.add_argument("--out", default=str(ROOT / "results"), help="results directory")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--keep-logs", action="store_true", help="keep process logs (tmp dirs)")
@@ -234,7 +255,11 @@ def plan_from(args: argparse.Namespace) -> Plan:
             names += [t for t in _split(ROUTER_TARGETS) if available(t.split(":")[0])]
         if args.url:
             names.append("url")
-    tgts = [targets.parse_target(n, args.url) for n in names]
+    tgts = expand_replicas(
+        [targets.parse_target(n, args.url) for n in names],
+        [int(r) for r in _split(getattr(args, "replicas", "") or "1")],
+        _split(getattr(args, "sharing", "") or "none"),
+    )
     for t in tgts:
         if t.kind in ROUTERS and not available(t.kind):
             raise SystemExit(f"{t.kind} is not installed: pip install {t.kind}")
@@ -252,6 +277,29 @@ def plan_from(args: argparse.Namespace) -> Plan:
         args.seed,
         knobs_from(args),
     )
+
+
+def expand_replicas(
+    tgts: list[targets.Target], replicas: list[int], sharing: list[str]
+) -> list[targets.Target]:
+    """Each plain picker target once per replica count x sharing mode (``--replicas``,
+    ``--sharing``); one replica shares nothing with peers (``picks`` is skipped), but
+    ``kv_events`` still switches it to exact matching. Other targets are kept as is."""
+    bad = [x for x in sharing if x not in targets.SHARING]
+    if bad or not replicas or min(replicas) < 1:
+        raise SystemExit(f"--sharing takes {','.join(targets.SHARING)}; --replicas N >= 1")
+    if replicas == [1] and sharing == ["none"]:
+        return tgts
+    out: list[targets.Target] = []
+    for t in tgts:
+        if t.kind != "picker" or t.replicas != 1 or t.sharing != "none":
+            out.append(t)
+            continue
+        for n in replicas:
+            for mode in sharing:
+                if not (n == 1 and mode == "picks"):
+                    out.append(targets.Target(t.kind, t.policy, replicas=n, sharing=mode))
+    return out
 
 
 def arrival_for(plan: Plan, rate: float) -> Arrival:
@@ -345,18 +393,24 @@ def picker_config_from(path: str | None) -> dict[str, Any] | None:
 
 
 def make_pods(
-    args: argparse.Namespace, sim_args: list[str], speeds: list[float] | None
+    args: argparse.Namespace,
+    sim_args: list[str],
+    speeds: list[float] | None,
+    kv_events: bool = False,
 ) -> SimPods | RealPods:
     if args.backend == "real":
         return RealPods(
             args.pods or 2,
+            kv_events=kv_events,
             num_blocks=args.real_blocks,
             max_model_len=args.real_max_model_len,
             extra_args=args.real_args.split(),
             python=args.real_python,
             keep_logs=args.keep_logs,
         )
-    return SimPods(args.pods or 4, MODEL, args.time_scale, speeds, sim_args, args.keep_logs)
+    return SimPods(
+        args.pods or 4, MODEL, args.time_scale, speeds, sim_args, args.keep_logs, kv_events
+    )
 
 
 def prompt_tokens(address: str, specs: list[RequestSpec], n: int = 8) -> dict[str, float]:
@@ -381,12 +435,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     speeds = [float(s) for s in _split(args.speeds)] or None
     real = args.backend == "real"
     token_counts: dict[str, dict[str, float]] = {}
-    runs = len(plan.workloads) * len(plan.rates) * len(plan.targets)
+    runs = len(plan.workloads) * len(plan.rates) * len(plan.targets) * args.repeats
     progress = ProgressLine(runs)
     results: list[dict[str, Any]] = []
     started = time.strftime("%Y%m%d-%H%M%S")
     t0 = time.monotonic()
-    with make_pods(args, sim_args, speeds) as sim:
+    kv_events = any(t.sharing == "kv_events" for t in plan.targets)
+    with make_pods(args, sim_args, speeds, kv_events) as sim:
         for workload in plan.workloads:
             for rate in plan.rates:
                 specs, arrival, concurrency = specs_for(plan, workload, rate)
@@ -394,15 +449,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     first = sim.addresses or sim.fresh()
                     token_counts[workload] = prompt_tokens(first[0], specs)
                     sys.stderr.write(f"{workload}: prompt tokens {token_counts[workload]}\n")
-                for target in plan.targets:
+                for rep, target in [(r, t) for r in range(args.repeats) for t in plan.targets]:
                     progress.start(f"{target.label} {workload} @{arrival.mean_rate:g}/s")
                     addrs = sim.fresh() if target.needs_pods else []
+                    events = sim.events if target.sharing == "kv_events" else {}
                     with targets.launch(
                         target,
                         addrs,
                         picker_config=picker_cfg,
                         adapters=adapters,
                         keep_logs=args.keep_logs,
+                        kv_events=events,
+                        precise=real_precise_entry(events) if real and events else None,
                     ) as url:
                         summary = asyncio.run(
                             measure(url, specs, addrs, concurrency, progress, args.time_scale)
@@ -416,6 +474,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "arrival": arrival.kind,
                             "concurrency": concurrency,
                             "pods": len(addrs),
+                            "replicas": target.replicas,
+                            "sharing": target.sharing,
+                            "repeat": rep,
                             **summary,
                         }
                     )
@@ -483,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{meta['duration_s']:g} s of load per run; pods {meta['pod_lifecycle']}\n"
         )
     print(markdown(data["runs"]))
+    if any(r.get("repeat") for r in data["runs"]):
+        print()
+        print(spread_markdown(data["runs"]))
     path, pngs = write_outputs(data, Path(args.out), not args.no_plots)
     print(f"\nresults: {path}")
     for p in pngs:

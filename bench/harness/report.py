@@ -94,3 +94,30 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         cells = [x[k].ljust(w) for (k, _), w in zip(COLUMNS, widths, strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def spread_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """One row per target x workload x rate over its repeats: TTFT p50 and p90 and the
+    hit rate as min-max (the run-to-run spread), with the number of repeats."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        key = (str(r.get("target")), str(r.get("workload")), _num(r.get("rate"), "{:g}"))
+        groups.setdefault(key, []).append(r)
+
+    def span(vals: list[float | None], scale: float, fmt: str) -> str:
+        got = [v * scale for v in vals if v is not None and not math.isnan(v)]
+        if not got:
+            return "-"
+        lo, hi = min(got), max(got)
+        return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+    lines = [
+        "| target | workload | rate/s | repeats | TTFT p50 ms | TTFT p90 ms | prefix hit % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (target, workload, rate), rs in groups.items():
+        p50 = span([(r.get("ttft") or {}).get("p50") for r in rs], 1e3, "{:.1f}")
+        p90 = span([(r.get("ttft") or {}).get("p90") for r in rs], 1e3, "{:.1f}")
+        hit = span([r.get("prefix_hit_rate") for r in rs], 100, "{:.1f}")
+        lines.append(f"| {target} | {workload} | {rate} | {len(rs)} | {p50} | {p90} | {hit} |")
+    return "\n".join(lines)
