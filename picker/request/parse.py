@@ -121,27 +121,26 @@ def parse_request(
 def _chat_input(data: dict[str, Any]) -> ChatInput | None:
     """The chat template's inputs, by reference (nothing rendered here). None when a
     field has a type vLLM would reject, so that no exact prompt is claimed for it."""
-    flags: list[bool] = []
-    for key, default in (("add_generation_prompt", True), ("continue_final_message", False)):
-        value = data.get(key)
-        if value is None:
-            value = default
-        elif type(value) is not bool:
-            return None
-        flags.append(value)
+    gen = data.get("add_generation_prompt")
+    cont = data.get("continue_final_message")
     kwargs = data.get("chat_template_kwargs")
     effort = data.get("reasoning_effort")
-    if not (kwargs is None or type(kwargs) is dict) or not (effort is None or type(effort) is str):
+    if not (
+        (gen is None or type(gen) is bool)
+        and (cont is None or type(cont) is bool)
+        and (kwargs is None or type(kwargs) is dict)
+        and (effort is None or type(effort) is str)
+    ):
         return None
     return ChatInput(
-        messages=data["messages"],  # a non-empty list: the renderer checked it
-        tools=data.get("tools"),
-        add_generation_prompt=flags[0],
-        continue_final_message=flags[1],
-        template_kwargs=kwargs,
-        documents=data.get("documents"),
-        reasoning_effort=effort,
-        own_template=data.get("chat_template") is not None,
+        data["messages"],  # a non-empty list: the renderer checked it
+        data.get("tools"),
+        gen is not False,  # vLLM's defaults: True ...
+        cont is True,  # ... and False
+        kwargs,
+        data.get("documents"),
+        effort,
+        data.get("chat_template") is not None,
     )
 
 

@@ -30,7 +30,7 @@ class Criticality(IntEnum):
     CRITICAL = 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChatInput:
     """What a chat request gives the model's chat template, read once by the parser.
 
