@@ -18,7 +18,9 @@ correct, just not cached (``ChatTokenizer.segmented`` is False).
 
 The cache (``PieceCache``) is an LRU bounded by an estimate of the memory it holds: each
 piece's string, its ids (a tuple of shared int objects: one per vocabulary entry, made
-once, so 8 bytes per cached token) and a fixed overhead per entry.
+once, so 8 bytes per cached token) and a fixed overhead per entry. A piece larger than an
+eighth of the bound is not kept. ``limit`` stops encoding once that many ids are known
+(the blocks past ``max_blocks`` are never hashed).
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ class PieceCache:
 
     def put(self, text: str, ids: tuple[int, ...]) -> None:
         cost = self.cost(text, ids)
-        if cost > self.max_bytes or text in self._map:
-            return
+        if cost > self.max_bytes // 8 or text in self._map:
+            return  # one huge piece must not flush the cache
         while self.bytes + cost > self.max_bytes:
             old, old_ids = self._map.popitem(last=False)
             self.bytes -= self.cost(old, old_ids)
@@ -111,12 +113,14 @@ class ChatTokenizer:
         """Whether prompts are encoded piece by piece (and pieces cached)."""
         return self._split is not None
 
-    def encode(self, chat: ChatInput, add_special_tokens: bool = False) -> list[int]:
-        """vLLM's prompt token ids for ``chat``; raises (``Unsupported``, template
-        errors) when picker cannot know them."""
-        return self.encode_text(self.template.render(chat), add_special_tokens)
+    def encode(
+        self, chat: ChatInput, add_special_tokens: bool = False, limit: int = 0
+    ) -> list[int]:
+        """vLLM's prompt token ids for ``chat`` (at least the first ``limit``, when set);
+        raises (``Unsupported``, template errors) when picker cannot know them."""
+        return self.encode_text(self.template.render(chat), add_special_tokens, limit)
 
-    def encode_text(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    def encode_text(self, text: str, add_special_tokens: bool = False, limit: int = 0) -> list[int]:
         split = self._split
         if split is None or add_special_tokens:
             return self.encode_whole(text, add_special_tokens)
@@ -128,6 +132,8 @@ class ChatTokenizer:
                 out += self._piece(text[pos:start])
             out.append(self._added[m.group()])
             pos = m.end()
+            if limit and len(out) >= limit:
+                return out
         if pos < len(text):
             out += self._piece(text[pos:])
         return out

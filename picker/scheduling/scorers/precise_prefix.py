@@ -167,7 +167,8 @@ class PrecisePrefixScorer(DataProducer, Scorer):
         if self.chat is None or request.chat is None:
             return None
         try:
-            return self.chat.encode(request.chat, request.add_special_tokens is True)
+            limit = self.max_blocks * self.hasher.block_size
+            return self.chat.encode(request.chat, request.add_special_tokens is True, limit)
         except Exception as e:
             # A client's messages through a model's template: any failure (Unsupported,
             # TemplateError, a type error inside the template) means "no exact match",

@@ -125,7 +125,7 @@ def test_shared_system_prompt_is_encoded_once() -> None:
 
 
 def test_cache_is_a_bounded_lru() -> None:
-    cache = PieceCache(max_bytes=2_000)
+    cache = PieceCache(max_bytes=4_000)
     ids = tuple(range(20))
     for i in range(50):
         cache.put(f"piece {i}", ids)
@@ -140,15 +140,15 @@ def test_cache_is_a_bounded_lru() -> None:
     assert cache.get(oldest) == ids  # ... so the next eviction spares it
     assert cache.get(f"piece {51 - len(cache)}") is None
     assert cache.get(newest) == ids
-    cache.put("x" * 5_000, ids)  # larger than the whole cache: not kept
-    assert cache.get("x" * 5_000) is None and cache.bytes <= cache.max_bytes
+    cache.put("x" * 300, ids)  # over an eighth of the cache: not kept, nothing evicted
+    assert cache.get("x" * 300) is None and cache.get(newest) == ids
 
 
 def test_tiny_cache_gives_the_same_ids() -> None:
-    tiny = _chat_tokenizer(cache_bytes=300)  # nearly every piece is evicted at once
+    tiny = _chat_tokenizer(cache_bytes=2_000)  # pieces evicted at once or never kept
     for name in ("tools", "long_shared_a", "multi_turn"):
         assert tiny.encode(_chat(CASES[name]["body"])) == CASES[name]["chat_ids"]
-    assert tiny.cache.bytes <= 300
+    assert tiny.cache.bytes <= 2_000
 
 
 _text = st.lists(
@@ -197,6 +197,14 @@ def test_metaspace_first_disables_segments(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     assert not ChatTokenizer(tok, ChatTemplate.from_dir(FIXTURE)).segmented
+
+
+def test_limit_stops_after_enough_ids() -> None:
+    ct = _chat_tokenizer()
+    case = CASES["long_shared_b"]
+    ids = ct.encode(_chat(case["body"]), limit=200)
+    assert 200 <= len(ids) < len(case["chat_ids"])
+    assert ids == case["chat_ids"][: len(ids)]
 
 
 def test_add_special_tokens_from_the_body() -> None:
