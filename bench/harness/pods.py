@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.harness.workloads import MODEL
 from bench.stack.procs import Procs, free_port
+from bench.stack.simprecise import kv_event_ports
 
 
 @dataclass
@@ -36,27 +37,34 @@ class SimPods:
     speeds: list[float] | None = None
     sim_args: list[str] = field(default_factory=list)
     keep_logs: bool = False
+    kv_events: bool = False  # the pods publish KV events (``events``: pod -> endpoint)
     addresses: list[str] = field(default_factory=list)
     restarts: int = 0
     resets: int = 0
+    events: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.procs: Procs | None = None
 
-    def argv(self, ports: list[int]) -> list[str]:
+    def argv(self, ports: list[int], events_port: int = 0) -> list[str]:
         argv = [sys.executable, "-m", "bench.sim", "--pods", str(self.pods)]
         argv += ["--host", "127.0.0.1", "--ports", ",".join(map(str, ports))]
         argv += ["--model", self.model, "--time-scale", str(self.time_scale)]
         if self.speeds:
             argv += ["--speed", ",".join(map(str, self.speeds))]
+        if events_port:
+            argv += ["--kv-events-port", str(events_port)]
         return argv + self.sim_args
 
     def start(self) -> list[str]:
         self.stop()
         self.procs = Procs(keep_logs=self.keep_logs)
         ports = [free_port() for _ in range(self.pods)]
-        self.procs.start("sim", self.argv(ports), ready="ready")
+        base = kv_event_ports(self.pods) if self.kv_events else 0
+        self.procs.start("sim", self.argv(ports, base), ready="ready")
         self.addresses = [f"127.0.0.1:{p}" for p in ports]
+        if base:
+            self.events = {a: f"tcp://127.0.0.1:{base + i}" for i, a in enumerate(self.addresses)}
         self.restarts += 1
         return self.addresses
 
@@ -150,14 +158,41 @@ def start_vllm_with_stats(
     extra_args: list[str],
     python: str | None = None,
     timeout: float = 600.0,
+    events: dict[str, str] | None = None,
 ) -> list[str]:
-    """Starts ``n`` real vLLM pods (metrics on, dev endpoints on); their ``host:port``."""
+    """Starts ``n`` real vLLM pods (metrics on, dev endpoints on); their ``host:port``.
+    With ``events`` (a dict to fill), they publish KV events: pod -> ``tcp://`` endpoint."""
     from bench.realvllm import start_real_pods
 
     pods = start_real_pods(
-        n, procs, kv_events=False, python=python, extra_args=extra_args, timeout=timeout
+        n,
+        procs,
+        kv_events=events is not None,
+        python=python,
+        extra_args=extra_args,
+        timeout=timeout,
     )
+    if events is not None:
+        events.update({p.address: p.events for p in pods if p.events})
     return [p.address for p in pods]
+
+
+def real_precise_entry(events: dict[str, str]) -> dict[str, Any]:
+    """picker's ``precise_prefix`` for the real pods: the tiny model's tokenizer, vLLM's
+    hash as the pods run it, every pod's KV events (``sharing=kv_events``)."""
+    from bench.realvllm import BLOCK_SIZE, HASH_SEED, default_model_dir
+
+    return {
+        "type": "precise_prefix",
+        "name": "kv_prefix",
+        "parameters": {
+            "tokenizer": str(default_model_dir() / "tokenizer.json"),
+            "block_size": BLOCK_SIZE,
+            "hash_algo": "sha256",
+            "hash_seed": HASH_SEED,
+            "events": dict(events),
+        },
+    }
 
 
 @dataclass
@@ -175,10 +210,12 @@ class RealPods:
     extra_args: list[str] = field(default_factory=list)
     python: str | None = None
     keep_logs: bool = False
+    kv_events: bool = False  # the pods publish KV events (``events``: pod -> endpoint)
     addresses: list[str] = field(default_factory=list)
     restarts: int = 0
     resets: int = 0
     start_s: float = 0.0
+    events: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.procs: Procs | None = None
@@ -201,8 +238,13 @@ class RealPods:
         t0 = time.monotonic()
         self.procs = Procs(keep_logs=self.keep_logs)
         try:
+            self.events = {}
             self.addresses = start_vllm_with_stats(
-                self.pods, self.procs, self.vllm_args(), self.python
+                self.pods,
+                self.procs,
+                self.vllm_args(),
+                self.python,
+                events=self.events if self.kv_events else None,
             )
         except BaseException:
             self.stop()

@@ -14,11 +14,19 @@ Target names (``--targets``):
 * ``vllm-router:POLICY``  vllm-router (PyPI) over the pods' URLs; see ``bench.routers``.
 * ``sglang-router:POLICY`` sglang-router (PyPI) likewise.
 * ``url``                 an external base URL (``--url``); nothing is started.
+
+Several picker replicas behind the one Envoy (active-active, ``bench.stack.gateway``):
+any picker target with ``-<N>r`` and/or ``-<sharing>`` appended, sharing one of
+``none`` (each replica on its own), ``picks`` (pick records between the replicas) or
+``kv_events`` (every replica subscribes to every pod's KV events), e.g.
+``picker-3r-picks``, ``picker-3r``, ``picker-kv_events``, ``picker:weighted-3r-picks``
+(``bench.compare --replicas 1,3 --sharing none,picks,kv_events`` lists them for you).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -57,15 +65,24 @@ PICKER_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+SHARING = ("none", "picks", "kv_events")
+_REPLICAS = re.compile(r"^(?P<base>picker(?::[\w.]+)?)(?:-(?P<n>\d+)r)?(?:-(?P<sharing>\w+))?$")
+
+
 @dataclass(frozen=True)
 class Target:
     kind: str  # picker | round_robin | least_request | vllm-router | sglang-router | url
     policy: str = ""
     url: str = ""
+    replicas: int = 1  # picker only: processes behind Envoy
+    sharing: str = "none"  # picker only: none | picks | kv_events
 
     @property
     def label(self) -> str:
-        return f"{self.kind}:{self.policy}" if self.policy else self.kind
+        base = f"{self.kind}:{self.policy}" if self.policy else self.kind
+        if self.replicas > 1:
+            base += f"-{self.replicas}r"
+        return base if self.sharing == "none" else f"{base}-{self.sharing}"
 
     @property
     def needs_pods(self) -> bool:
@@ -73,6 +90,13 @@ class Target:
 
 
 def parse_target(text: str, url: str = "") -> Target:
+    m = _REPLICAS.match(text.strip())
+    if m and (m["n"] or m["sharing"]):
+        base = parse_target(m["base"], url)
+        n, sharing = int(m["n"] or 1), m["sharing"] or "none"
+        if sharing not in SHARING or n < 1:
+            raise ValueError(f"target {text!r}: sharing is one of {SHARING}, replicas >= 1")
+        return Target(base.kind, base.policy, replicas=n, sharing=sharing)
     kind, _, policy = text.strip().partition(":")
     if kind in ENVOY_TARGETS and not policy:
         return Target(kind)
@@ -100,8 +124,13 @@ def launch(
     model: str = "",
     adapters: list[str] | None = None,
     keep_logs: bool = False,
+    kv_events: dict[str, str] | None = None,
+    precise: dict[str, Any] | None = None,
 ) -> Iterator[str]:
-    """Starts ``target`` over ``pods`` (host:port); yields the base URL to send to."""
+    """Starts ``target`` over ``pods`` (host:port); yields the base URL to send to.
+
+    ``kv_events`` (pod -> publisher) and ``precise`` (the plugin entry; None: the
+    simulator's) serve targets sharing ``kv_events``."""
     if target.kind == "url":
         yield target.url.rstrip("/")
         return
@@ -120,6 +149,10 @@ def launch(
             pod_addresses=list(pods),
             picker_config=cfg if target.kind == "picker" else {},
             keep_logs=keep_logs,
+            replicas=target.replicas,
+            sharing=target.sharing,
+            kv_events=dict(kv_events or {}),
+            precise=precise,
         )
         with stack:
             yield stack.url

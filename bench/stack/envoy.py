@@ -22,6 +22,7 @@ Safe whether picker is up or down, fail-open or fail-closed (``docs/failure-mode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -207,11 +208,62 @@ def _admin(port: int) -> dict[str, Any]:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
 
 
+def replicas_cluster(cluster: dict[str, Any], health_interval: float = 0.5) -> dict[str, Any]:
+    """Makes the ext_proc cluster of several picker replicas fail over: each is
+    health-checked with gRPC health (its ext_proc service's readiness), a replica that
+    refuses or resets connections is ejected at once (outlier detection, local-origin
+    errors), and an unhealthy replica never gets a stream (no panic routing)."""
+    interval = f"{health_interval:g}s"
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": interval,
+            "no_traffic_interval": interval,
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": "envoy.service.ext_proc.v3.ExternalProcessor"},
+        }
+    ]
+    cluster["outlier_detection"] = {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 1,
+        "enforcing_consecutive_local_origin_failure": 100,
+        "consecutive_gateway_failure": 1,
+        "enforcing_consecutive_gateway_failure": 100,
+        "interval": interval,
+        "base_ejection_time": "5s",
+        "max_ejection_percent": 100,
+        "successful_active_health_check_uneject_host": True,
+    }
+    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
+    return cluster
+
+
+# A new ext_proc stream that cannot reach its replica (refused, reset before any
+# response) is retried on another one; a stream that already had answers is not.
+EXT_PROC_RETRY: dict[str, Any] = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request,unavailable",
+    "num_retries": 2,
+    "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                "PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 5,
+}
+
+
 def picker_config(
     listen_port: int,
     picker_port: int,
     admin_port: int,
     *,
+    picker_ports: Sequence[int] = (),
     picker_host: str = "127.0.0.1",
     request_body_mode: str = "FULL_DUPLEX_STREAMED",
     response_body_mode: str = "NONE",
@@ -233,6 +285,9 @@ def picker_config(
     response headers and the end of the stream, which Envoy signals by closing the
     ext_proc stream when the response ends, so streamed tokens skip a hop through picker.
     ``response_body_mode="FULL_DUPLEX_STREAMED"`` is the inference extension's setup.
+
+    ``picker_ports``: several picker replicas (active-active) in the ext_proc cluster,
+    round-robin, health-checked, with failover (``replicas_cluster``, ``EXT_PROC_RETRY``).
     """
     assert request_body_mode in BODY_MODES and response_body_mode in BODY_MODES
     full_duplex = "FULL_DUPLEX_STREAMED" in (request_body_mode, response_body_mode)
@@ -258,9 +313,13 @@ def picker_config(
             },
         },
     }
+    ports = list(picker_ports) or [picker_port]
     picker_cluster = _static_cluster(
-        "picker", [f"{picker_host}:{picker_port}"], "ROUND_ROBIN", http2=True
+        "picker", [f"{picker_host}:{p}" for p in ports], "ROUND_ROBIN", http2=True
     )
+    if len(ports) > 1:
+        replicas_cluster(picker_cluster)
+        ext_proc["typed_config"]["grpc_service"]["retry_policy"] = EXT_PROC_RETRY
     if picker_tls:
         picker_cluster["transport_socket"] = _upstream_tls(picker_ca, client_cert)
     filters = [strip_client_destination(), ext_proc]

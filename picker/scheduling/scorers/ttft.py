@@ -261,6 +261,14 @@ class PredictedLatency(DataProducer, Scorer):
             st.pred_sum += pred.ttft[address]
             st.pred_n += 1
 
+    def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
+        """Another replica sent a request there (``peers``): its prefill joins the
+        backlog as an own request's would (drained by time only)."""
+        st = self.pod(endpoint.address)
+        running = max(endpoint.metrics.running, endpoint.inflight)
+        st.advance(self._clock())
+        st.sent += self.model_of(endpoint.address).prefill_seconds(tokens, running)
+
     def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
         pred = request.latency
         st = self._pods.get(endpoint.address)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from picker.datalayer.datastore import Endpoint
 from picker.request.types import InferenceRequest
 from picker.scheduling.framework import Handle
@@ -70,3 +72,16 @@ def test_the_layout_fingerprint_follows_the_block_sizes_only() -> None:
     )
     assert layout({"scorers": {"queue": 1}}) == 0
     assert PrefixScorer().layout == "prefix:128:32:16384"
+
+
+def test_a_peer_pick_joins_the_predicted_ttft_backlog() -> None:
+    from picker.scheduling.scorers.ttft import PredictedLatency
+
+    now = [100.0]
+    ttft = PredictedLatency(clock=lambda: now[0])
+    assert ttft.backlog(PODS[0].address, now[0]) == 0.0
+    ttft.on_peer_pick(PODS[0], [1, 2], 33000)
+    first = ttft.backlog(PODS[0].address, now[0])
+    assert first > 0.5 and ttft.backlog(PODS[1].address, now[0]) == 0.0
+    now[0] += 0.25  # drained as time passes
+    assert ttft.backlog(PODS[0].address, now[0]) == pytest.approx(first - 0.25)
