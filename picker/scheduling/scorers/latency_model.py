@@ -28,16 +28,18 @@ from picker.datalayer.datastore import EndpointMetrics
 
 
 class RLS:
-    """Weighted recursive least squares with exponential forgetting, ``n`` features.
+    """Least squares with exponential forgetting, anchored to a prior (ridge), ``n``
+    features: recursive in that it keeps only its weighted sums, O(n²) per update.
 
-    ``theta`` starts at the prior and ``P`` at ``diag(scale²)``: the prior's weight.
-    Forgetting (``lam`` < 1) keeps the fit following a pod whose speed changes; the
-    covariance is capped at its initial diagonal, so a long stretch without new
-    information (an idle pod) cannot wind it up into wild steps. Each coefficient is
-    kept within ``[lo, hi]``.
+    ``theta`` minimises ``Σ λ^age w (y - θ·x)² + Σ ((θ_i - prior_i) / scale_i)²``. The
+    prior's weight never decays: a direction the data cannot tell apart (requests of
+    one length make the per-request and per-token costs collinear) stays at the prior
+    instead of swinging with every noisy sample, which plain RLS with forgetting does.
+    Forgetting (``lam`` < 1) keeps the fit following a pod whose speed changes. Each
+    coefficient is kept within ``[lo, hi]``.
     """
 
-    __slots__ = ("hi", "lam", "lo", "p", "p0", "theta")
+    __slots__ = ("_sxx", "_sxy", "hi", "lam", "lo", "prior", "prior_w", "theta")
 
     def __init__(
         self,
@@ -48,9 +50,11 @@ class RLS:
         lam: float = 0.95,
     ) -> None:
         n = len(prior)
+        self.prior = list(prior)
         self.theta = list(prior)
-        self.p0 = [s * s for s in scale]
-        self.p = [[self.p0[i] if i == j else 0.0 for j in range(n)] for i in range(n)]
+        self.prior_w = [1.0 / (s * s) for s in scale]
+        self._sxx = [[0.0] * n for _ in range(n)]
+        self._sxy = [0.0] * n
         self.lo, self.hi, self.lam = lo, hi, lam
 
     def predict(self, x: list[float]) -> float:
@@ -58,30 +62,41 @@ class RLS:
 
     def update(self, x: list[float], y: float, noise: float) -> None:
         """One observation ``y ≈ theta · x`` with standard deviation ``noise``."""
-        if not math.isfinite(y) or not all(math.isfinite(v) for v in x):
+        if not math.isfinite(y) or not all(math.isfinite(v) for v in x) or not noise > 0:
             return
-        n = len(x)
-        p = self.p
-        px = [sum(p[i][j] * x[j] for j in range(n)) for i in range(n)]
-        denom = noise * noise + sum(x[i] * px[i] for i in range(n))
-        if not denom > 0 or not math.isfinite(denom):
-            return
-        err = y - self.predict(x)
-        gain = [v / denom for v in px]
+        n, lam, w = len(x), self.lam, 1.0 / (noise * noise)
+        sxx, sxy = self._sxx, self._sxy
         for i in range(n):
-            t = self.theta[i] + gain[i] * err
-            self.theta[i] = min(max(t, self.lo[i]), self.hi[i])
-        lam = self.lam
-        for i in range(n):
-            row = p[i]
+            row = sxx[i]
             for j in range(n):
-                row[j] = (row[j] - gain[i] * px[j]) / lam
-            row[i] = min(row[i], self.p0[i])
-        for i in range(n):  # keep P symmetric and its off-diagonal within its diagonal
-            for j in range(i + 1, n):
-                bound = math.sqrt(max(p[i][i] * p[j][j], 0.0))
-                v = min(max((p[i][j] + p[j][i]) / 2, -bound), bound)
-                p[i][j] = p[j][i] = v
+                row[j] = lam * row[j] + w * x[i] * x[j]
+            sxy[i] = lam * sxy[i] + w * x[i] * y
+        a = [[sxx[i][j] + (self.prior_w[i] if i == j else 0.0) for j in range(n)] for i in range(n)]
+        b = [sxy[i] + self.prior_w[i] * self.prior[i] for i in range(n)]
+        sol = _solve(a, b)
+        if sol is not None:
+            self.theta = [
+                min(max(v, lo), hi) for v, lo, hi in zip(sol, self.lo, self.hi, strict=True)
+            ]
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """``a x = b`` by Gaussian elimination with partial pivoting (a few unknowns)."""
+    n = len(b)
+    m = [[*row, b[i]] for i, row in enumerate(a)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if not abs(m[piv][c]) > 1e-300:
+            return None
+        m[c], m[piv] = m[piv], m[c]
+        for r in range(c + 1, n):
+            f = m[r][c] / m[c][c]
+            for k in range(c, n + 1):
+                m[r][k] -= f * m[c][k]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (m[r][n] - sum(m[r][k] * x[k] for k in range(r + 1, n))) / m[r][r]
+    return x if all(math.isfinite(v) for v in x) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +121,14 @@ class PodModel:
         per_tok = 1.0 / priors.tokens_per_second
         self.prefill = RLS(
             prior=[priors.request_s, per_tok, 0.0],
-            scale=[0.01, per_tok, 0.001],
-            lo=[0.0, per_tok / 50, 0.0],
-            hi=[1.0, per_tok * 50, 0.05],
+            scale=[0.005, per_tok * 2, 0.0005],
+            lo=[0.0, per_tok / 20, 0.0],
+            hi=[0.5, per_tok * 20, 0.02],
             lam=priors.forgetting,
         )
         self.tpot = RLS(
             prior=[priors.tpot_s, priors.tpot_per_running_s],
-            scale=[0.01, 0.001],
+            scale=[0.005, 0.0005],
             lo=[0.0, 0.0],
             hi=[1.0, 0.05],
             lam=priors.forgetting,
@@ -159,14 +174,16 @@ class PodModel:
         seconds = m.prefill_seconds - last.prefill_seconds
         if n >= 1 and seconds > 0 and tokens >= 0:
             x = [1.0, tokens / n, running]
-            # The mean of n requests: its noise falls as 1/sqrt(n) (a few ms per request).
-            self.prefill.update(x, seconds / n, 0.005 / math.sqrt(min(n, 100.0)))
+            y = seconds / n
+            # One request's prefill time varies by ~30 % with what it is batched with;
+            # the mean of n of them by 1/sqrt(n) of that.
+            self.prefill.update(x, y, (0.3 * y + 0.001) / math.sqrt(min(n, 100.0)))
             self.samples += 1
             learned = True
         k = m.itl_count - last.itl_count
         if k >= 1 and m.itl_seconds > last.itl_seconds:
             itl = (m.itl_seconds - last.itl_seconds) / k
-            self.tpot.update([1.0, running], itl, 0.002 / math.sqrt(min(k, 400.0)))
+            self.tpot.update([1.0, running], itl, (0.2 * itl + 0.0005) / math.sqrt(min(k, 400.0)))
             learned = True
         t = m.ttft_count - last.ttft_count
         if t >= 1 and n >= 1 and m.ttft_seconds > last.ttft_seconds:
