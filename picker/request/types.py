@@ -95,6 +95,7 @@ class LatencyPrediction:
     unmeetable: bool = False
     chosen: str = ""  # the address the request was sent to
     position: float = 0.0  # the latency model's bookkeeping on that pod (``ttft.py``)
+    sent_at: float = 0.0
 
 
 @dataclass(slots=True)

@@ -48,6 +48,7 @@ TTFT_HEADER = "x-picker-predicted-ttft-ms"
 TPOT_HEADER = "x-picker-predicted-tpot-ms"
 MISS_FACTOR = 0.01  # a pod predicted to miss the request's target, while others meet it
 RELAX_RATE = 0.2  # per scrape without traffic, towards the pool's mean (``relax``)
+KV_FULL = 0.95  # a pod's KV cache counts as full past this share of its blocks
 POOL_EVERY_S = 1.0  # how often the pool's median and mean models are recomputed
 
 
@@ -60,7 +61,19 @@ class _Pod:
     ends, everything up to its position is certainly prefilled.
     """
 
-    __slots__ = ("at", "done", "mean_work", "model", "pred_n", "pred_sum", "scraped_at", "sent")
+    __slots__ = (
+        "at",
+        "done",
+        "duration",
+        "kv_done",
+        "kv_sent",
+        "mean_work",
+        "model",
+        "pred_n",
+        "pred_sum",
+        "scraped_at",
+        "sent",
+    )
 
     def __init__(self, priors: Priors) -> None:
         self.model = PodModel(priors)
@@ -71,6 +84,11 @@ class _Pod:
         self.scraped_at = 0.0  # the scrape last learned from
         self.pred_sum = 0.0  # predictions of the requests sent since that scrape
         self.pred_n = 0
+        # KV cache: prompt tokens sent and released since that scrape; how long a
+        # request holds its blocks (moving average of pick → response end, seconds).
+        self.kv_sent = 0.0
+        self.kv_done = 0.0
+        self.duration = 0.0
 
     def advance(self, now: float) -> None:
         done = self.done + (now - self.at)
@@ -156,6 +174,7 @@ class PredictedLatency(DataProducer, Scorer):
             met.child(met.predicted_ttft, address).set(predicted)
             met.child(met.observed_ttft, address).set(observed)
         st.pred_sum, st.pred_n = 0.0, 0
+        st.kv_sent = st.kv_done = 0.0
         if st.model.samples != before:
             met.child(met.prefill_rate, address).set(1.0 / st.model.seconds_per_token)
             now = self._clock()
@@ -202,8 +221,28 @@ class PredictedLatency(DataProducer, Scorer):
             st = self.pod(address)
             reported = m.waiting * st.mean_work - (now - m.scraped_at)
             ahead = max(ahead, reported)
-        own = model.prefill_seconds(request.uncached_tokens(address), running)
-        return model.overhead + ahead + own
+        tokens = request.uncached_tokens(address)
+        own = model.prefill_seconds(tokens, running)
+        return model.overhead + ahead + own + self.kv_wait(endpoint, tokens, running)
+
+    def kv_wait(self, endpoint: Endpoint, tokens: int, running: int) -> float:
+        """Seconds ``tokens`` more KV would wait for free blocks on ``endpoint``.
+
+        vLLM admits a request only when its blocks fit. The pod's last reported usage,
+        plus the tokens picker sent since and minus those of responses that ended,
+        estimates what is taken now; when the request does not fit, it waits for a
+        running request to end: with ``running`` of them, their remaining times spread
+        over one request's duration, the first ends after ``duration / (running + 1)``.
+        """
+        m = endpoint.metrics
+        capacity = m.num_blocks * m.block_size
+        st = self._pods.get(endpoint.address)
+        if not capacity or st is None or not st.duration:
+            return 0.0
+        used = m.kv_usage * capacity + st.kv_sent - st.kv_done
+        if used + tokens <= KV_FULL * capacity:
+            return 0.0
+        return st.duration / (running + 1)
 
     def produce(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         now = self._clock()
@@ -252,10 +291,12 @@ class PredictedLatency(DataProducer, Scorer):
         st.advance(now)
         st.sent += work
         st.mean_work += 0.05 * (work - st.mean_work)
+        st.kv_sent += request.uncached_tokens(address)
         pred = request.latency
         if pred is None:
             return
         pred.position = st.sent
+        pred.sent_at = now
         if address in pred.ttft:
             pred.chosen = address
             st.pred_sum += pred.ttft[address]
@@ -263,7 +304,10 @@ class PredictedLatency(DataProducer, Scorer):
 
     def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
         """Another replica sent a request there (``peers``): its prefill joins the
-        backlog as an own request's would (drained by time only)."""
+        backlog as an own request's would (drained by time only); a replayed one
+        (``tokens`` 0) is history, no load."""
+        if tokens <= 0:
+            return
         st = self.pod(endpoint.address)
         running = max(endpoint.metrics.running, endpoint.inflight)
         st.advance(self._clock())
@@ -274,9 +318,13 @@ class PredictedLatency(DataProducer, Scorer):
         st = self._pods.get(endpoint.address)
         if pred is None or st is None or pred.chosen != endpoint.address:
             return  # (a fallback served: its position is in another pod's totals)
-        st.advance(self._clock())
+        now = self._clock()
+        st.advance(now)
         if pred.position > st.done:
             st.done = min(pred.position, st.sent)
+        st.kv_done += request.prompt_tokens
+        took = now - pred.sent_at
+        st.duration = took if not st.duration else st.duration + 0.1 * (took - st.duration)
 
     def response_headers(
         self, request: InferenceRequest, served: str | None
