@@ -140,3 +140,19 @@ def test_served_by_moves_the_charge() -> None:
     d.finish(r, 503)
     assert other.inflight == 0
     assert count(d, "picker_requests_total", model_name="m", outcome="upstream_error", status="503")
+
+
+def test_latency_targets_shed_sheddable_requests_no_pod_can_serve_in_time() -> None:
+    d = director(criticality={"batch": "sheddable"})
+    long_prompt = completion("word " * 4000)  # ~5,000 tokens: ~0.16 s at the prior rate
+    tight, loose = ("50", ""), ("5000", "")
+    shed = d.decide("/v1/completions", long_prompt, objective="batch", slo=tight)
+    assert isinstance(shed, Rejected) and shed.status == 429
+    assert b"latency target" in shed.body
+    assert count(d, "picker_slo_rejected_total", model_name="m") == 1
+    # A standard request with the same target is still routed, to the fastest pod.
+    assert isinstance(d.decide("/v1/completions", long_prompt, slo=tight), Routed)
+    late = d.decide("/v1/completions", long_prompt, objective="batch", slo=loose)
+    assert isinstance(late, Routed)
+    bad = d.decide("/v1/completions", long_prompt, slo=("soon", ""))
+    assert isinstance(bad, Rejected) and bad.status == 400
