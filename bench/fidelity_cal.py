@@ -1,0 +1,311 @@
+"""``bench.fidelity``'s calibration: what one real vLLM pod takes per request, one request
+at a time, and the :class:`~bench.sim.latency.LatencyModel` fitted to it; and
+:class:`Observer`, the ``/metrics`` poller of its runs.
+
+Per prompt size (128-3072 tokens, 3 repeats, medians), a cold prompt and the same prompt
+again (cached: all full blocks but the last token's hit, as in vLLM), each with
+``max_tokens`` 1; for each, the client's TTFT and the engine's own prefill time (the
+pod's ``vllm:request_prefill_time_seconds``, first scheduled to first token: one step
+here). Then the ITL of a lone decode at a short and a 2k context and of 8 batched
+decodes, and the cost of one ``/metrics`` scrape.
+
+The fit, in two parts that the engine's prefill time separates:
+
+* engine: ``prefill = e0 + p * new + q * pairs`` (least squares over the cold and
+  cached medians), ``pairs`` the (query, key) pairs the new tokens attend, so ``q`` is
+  attention and the cost per token grows with the context; ``e0`` over the lone decode
+  step is the fixed extra of a prefill step (``prefill_overhead_s``);
+* front end: ``client TTFT - engine prefill = F + f * prompt tokens`` (least squares):
+  ``F`` is ``frontend_s`` (latency: on the real pod, concurrent short requests reach the
+  engine together, so it is not work that queues) and ``f`` is ``frontend_per_token_s``
+  (tokenising; on the real pod, concurrent 1k-token requests reach the engine spread out
+  by about this much each, so it queues on the API server's loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bench.harness import podmetrics
+from bench.harness.workloads import COMPLETIONS
+from bench.sim.latency import attention_pairs
+from bench.stack.client import Outcome, send
+
+SIZES = (128, 512, 1024, 2048, 3072)
+PREFILL_SUM = "vllm:request_prefill_time_seconds_sum"
+PREFILL_COUNT = "vllm:request_prefill_time_seconds_count"
+
+
+def _corpus() -> tuple[str, ...]:
+    from bench.realvllm import _WORDS
+
+    return tuple(_WORDS)
+
+
+def text(rng: random.Random, n: int) -> str:
+    """``n`` words of the tiny model's corpus: ``n`` tokens for both tokenizers."""
+    corpus = _corpus()
+    return " ".join(rng.choice(corpus) for _ in range(n))
+
+
+def lstsq(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
+    """Least-squares coefficients of ``ys ~ rows`` (normal equations; columns scaled)."""
+    k = len(rows[0])
+    scale = [max(abs(r[j]) for r in rows) or 1.0 for j in range(k)]
+    xs = [[r[j] / scale[j] for j in range(k)] for r in rows]
+    a = [[sum(x[i] * x[j] for x in xs) for j in range(k)] for i in range(k)]
+    b = [sum(x[i] * y for x, y in zip(xs, ys, strict=True)) for i in range(k)]
+    for c in range(k):  # Gaussian elimination, partial pivoting
+        p = max(range(c, k), key=lambda i: abs(a[i][c]))
+        a[c], a[p], b[c], b[p] = a[p], a[c], b[p], b[c]
+        if a[c][c] == 0:
+            raise ValueError("singular least-squares system")
+        for i in range(c + 1, k):
+            f = a[i][c] / a[c][c]
+            a[i] = [v - f * w for v, w in zip(a[i], a[c], strict=True)]
+            b[i] -= f * b[c]
+    out = [0.0] * k
+    for i in reversed(range(k)):
+        out[i] = (b[i] - sum(a[i][j] * out[j] for j in range(i + 1, k))) / a[i][i]
+    return [v / s for v, s in zip(out, scale, strict=True)]
+
+
+@dataclass
+class Calibration:
+    """Medians of the real pod's single-request timings, in seconds (see the module)."""
+
+    cold_ttft: dict[int, float]  # prompt tokens -> client TTFT
+    cached_ttft: dict[int, float]
+    cold_engine: dict[int, float]  # prompt tokens -> the engine's prefill time
+    cached_engine: dict[int, float]
+    itl_short_s: float  # lone decode, ~64 tokens of context
+    itl_long_s: float  # lone decode, long_ctx tokens of context
+    itl_batch8_s: float  # 8 decodes batched, short contexts
+    long_ctx: int
+    scrape_s: float  # one /metrics scrape, client-measured
+    block: int = 128
+
+    def points(self) -> list[tuple[int, int, float, float]]:
+        """(prompt tokens, cached tokens, client TTFT, engine prefill) per measurement."""
+        out = [(n, 0, self.cold_ttft[n], self.cold_engine[n]) for n in self.cold_ttft]
+        for n, t in self.cached_ttft.items():
+            out.append((n, (n - 1) // self.block * self.block, t, self.cached_engine[n]))
+        return out
+
+    def engine_fit(self) -> tuple[float, float, float]:
+        """(e0, seconds per new token, seconds per attention pair), each >= 0."""
+        pts = self.points()
+        feats = [(1.0, float(n - c), float(attention_pairs(c, n - c))) for n, c, _, _ in pts]
+        ys = [e for _, _, _, e in pts]
+        cols = [0, 1, 2]
+        while True:
+            coef = lstsq([[f[j] for j in cols] for f in feats], ys)
+            full = dict(zip(cols, coef, strict=True))
+            neg = [j for j in cols[1:] if full[j] < 0]
+            if not neg:
+                return full[0], full.get(1, 0.0), full.get(2, 0.0)
+            cols.remove(neg[0])
+
+    def frontend_fit(self) -> tuple[float, float]:
+        """(fixed seconds, seconds per prompt token) outside the engine, each >= 0."""
+        pts = self.points()
+        xs = [float(n) for n, _, _, _ in pts]
+        ys = [t - e for _, _, t, e in pts]
+        fit = statistics.linear_regression(xs, ys)
+        if fit.slope < 0:
+            return max(0.0, statistics.fmean(ys)), 0.0
+        if fit.intercept < 0:
+            return 0.0, sum(ys) / sum(xs)
+        return fit.intercept, fit.slope
+
+    def latency_kwargs(self) -> dict[str, float]:
+        """LatencyModel constants (speed 1, mem_bandwidth 1: bytes are seconds).
+
+        decode step = step_overhead + per_seq * seqs + kv * context (weight_bytes 0:
+        on the CPU the fixed cost is all overhead, so the roofline's max hides no
+        prefill compute); a prefill step adds prefill_overhead and computes
+        new / prefill_tokens_per_s + attention_pair_s * pairs; the front end as fitted.
+        """
+        kv = max(0.0, (self.itl_long_s - self.itl_short_s) / (self.long_ctx - 64))
+        per_seq = max(0.0, (self.itl_batch8_s - self.itl_short_s - kv * 7 * 64) / 7)
+        overhead = max(0.0, self.itl_short_s - per_seq - kv * 64)
+        e0, per_token, per_pair = self.engine_fit()
+        fixed, frontend_per_token = self.frontend_fit()
+        return {
+            "weight_bytes": 0.0,
+            "mem_bandwidth": 1.0,
+            "kv_bytes_per_token": kv,
+            "prefill_tokens_per_s": 1.0 / max(per_token, 1e-9),
+            "attention_pair_s": per_pair,
+            "step_overhead_s": overhead,
+            "per_seq_overhead_s": per_seq,
+            "prefill_overhead_s": max(0.0, e0 - overhead - per_seq),
+            "frontend_s": fixed,
+            "frontend_per_token_s": frontend_per_token,
+        }
+
+    def summary(self) -> str:
+        e0, p, q = self.engine_fit()
+        fixed, f = self.frontend_fit()
+        return (
+            f"engine prefill = {e0 * 1e3:.2f} ms + {p * 1e6:.2f} us x new + "
+            f"{q * 1e9:.2f} ns x pairs; front end = {fixed * 1e3:.2f} ms + "
+            f"{f * 1e6:.2f} us x prompt tokens; ITL lone {self.itl_short_s * 1e3:.2f} ms, "
+            f"at {self.long_ctx} ctx {self.itl_long_s * 1e3:.2f} ms, 8 batched "
+            f"{self.itl_batch8_s * 1e3:.2f} ms; /metrics {self.scrape_s * 1e3:.1f} ms"
+        )
+
+
+async def one(
+    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int, model: str
+) -> Outcome:
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    out = await send(session, url + COMPLETIONS, body)
+    if not out.ok:
+        raise RuntimeError(f"calibration request failed: {out.status} {out.error}")
+    return out
+
+
+def first(o: Outcome) -> float:
+    """Seconds to the first token; with ``max_tokens`` 1 the end of the response when the
+    one token's text is empty (a special or partial-UTF-8 token sends no text event)."""
+    return o.ttft if o.ttft is not None else o.e2e
+
+
+async def _prefill_stats(session: aiohttp.ClientSession, pod: str) -> tuple[float, float]:
+    async with session.get(f"http://{pod}/metrics") as r:
+        m = podmetrics.parse_metrics(await r.text(), (PREFILL_SUM, PREFILL_COUNT))
+    return m.get(PREFILL_SUM, 0.0), m.get(PREFILL_COUNT, 0.0)
+
+
+async def _timed(
+    session: aiohttp.ClientSession, pod: str, prompt: str, model: str
+) -> tuple[float, float]:
+    """(client TTFT, engine prefill time) of one request with ``max_tokens`` 1."""
+    s0, c0 = await _prefill_stats(session, pod)
+    o = await one(session, f"http://{pod}", prompt, 1, model)
+    for _ in range(20):  # the pod records the request when it has answered
+        await asyncio.sleep(0.02)
+        s1, c1 = await _prefill_stats(session, pod)
+        if c1 - c0 >= 1:
+            break
+    if c1 - c0 != 1:
+        raise RuntimeError(f"{pod} exports no vllm:request_prefill_time_seconds per request")
+    return first(o), s1 - s0
+
+
+async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Calibration:
+    rng = random.Random(f"calibrate:{seed}")
+    url = f"http://{address}"
+    sizes = [n for n in SIZES if n + 16 < max_len]
+    cold: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+    cached: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+    async with aiohttp.ClientSession() as s:
+        scrapes = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            await _prefill_stats(s, address)
+            scrapes.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.05)
+        for _ in range(3):
+            for n in sizes:
+                prompt = text(rng, n - 1)  # + BOS = n tokens
+                cold[n].append(await _timed(s, address, prompt, model))
+                cached[n].append(await _timed(s, address, prompt, model))
+        long_ctx = min(2048, max_len - 80)
+        short = await one(s, url, text(rng, 63), 64, model)
+        long = await one(s, url, text(rng, long_ctx - 1), 64, model)
+        batch = await asyncio.gather(*(one(s, url, text(rng, 63), 64, model) for _ in range(8)))
+
+    def med(d: dict[int, list[tuple[float, float]]], i: int) -> dict[int, float]:
+        return {n: statistics.median(v[i] for v in vs) for n, vs in d.items()}
+
+    return Calibration(
+        cold_ttft=med(cold, 0),
+        cached_ttft=med(cached, 0),
+        cold_engine=med(cold, 1),
+        cached_engine=med(cached, 1),
+        itl_short_s=statistics.median(short.itl),
+        itl_long_s=statistics.median(long.itl),
+        itl_batch8_s=statistics.median([x for o in batch for x in o.itl[4:]]),
+        long_ctx=long_ctx,
+        scrape_s=statistics.median(scrapes),
+    )
+
+
+async def sim_ttft(address: str, model: str, sizes: Sequence[int], seed: int = 8) -> dict[str, Any]:
+    """The calibration's single-request TTFTs, repeated on the simulated pod (medians
+    of 3, one request at a time)."""
+    rng = random.Random(f"calibrate:{seed}")
+    url = f"http://{address}"
+    cold: dict[int, list[float]] = {n: [] for n in sizes}
+    cached: dict[int, list[float]] = {n: [] for n in sizes}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):
+            for n in sizes:
+                prompt = text(rng, n)  # the simulator's tokenizer adds no BOS
+                cold[n].append(first(await one(s, url, prompt, 1, model)))
+                cached[n].append(first(await one(s, url, prompt, 1, model)))
+        short = await one(s, url, text(rng, 63), 64, model)
+    return {
+        "cold": {n: statistics.median(v) for n, v in cold.items()},
+        "cached": {n: statistics.median(v) for n, v in cached.items()},
+        "itl_short": statistics.median(short.itl),
+    }
+
+
+class Observer:
+    """Polls one pod's ``/metrics`` as picker's default scraper does: at most ``share``
+    (1 %) of the pod's time, from the measured cost of a scrape (an EWMA of the seconds
+    from sending the request to the end of the page), between ``min_interval`` and
+    ``max_interval``. picker spends half of that budget on regular polls and half on
+    early ones under load; this spends it all, evenly. No ``x-sim-free`` header: the
+    simulated pod charges its ``metrics_render_ms``, the real one pays its render."""
+
+    def __init__(
+        self,
+        address: str,
+        share: float = 0.01,
+        min_interval: float = 0.05,
+        max_interval: float = 2.0,
+    ) -> None:
+        self.address = address
+        self.share = share
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self.cost = 0.0
+        self.scrapes = 0
+        self.seconds = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    async with session.get(f"http://{self.address}/metrics") as r:
+                        await r.read()
+                except (aiohttp.ClientError, OSError):
+                    pass
+                spent = time.perf_counter() - t0
+                self.scrapes += 1
+                self.seconds += spent
+                self.cost = spent if not self.cost else self.cost + 0.25 * (spent - self.cost)
+                interval = min(self.max_interval, max(self.min_interval, self.cost / self.share))
+                delay = t0 + interval - time.perf_counter()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay if delay > 0 else 0)
