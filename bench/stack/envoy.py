@@ -212,7 +212,9 @@ def replicas_cluster(cluster: dict[str, Any], health_interval: float = 0.5) -> d
     """Makes the ext_proc cluster of several picker replicas fail over: each is
     health-checked with gRPC health (its ext_proc service's readiness), a replica that
     refuses or resets connections is ejected at once (outlier detection, local-origin
-    errors), and an unhealthy replica never gets a stream (no panic routing)."""
+    errors). Envoy's default panic threshold stays: with most replicas unhealthy (all
+    of them before their first health check) it tries every one, and the retry policy
+    (``EXT_PROC_RETRY``) moves a stream that found a dead one to the next."""
     interval = f"{health_interval:g}s"
     cluster["health_checks"] = [
         {
@@ -235,14 +237,13 @@ def replicas_cluster(cluster: dict[str, Any], health_interval: float = 0.5) -> d
         "max_ejection_percent": 100,
         "successful_active_health_check_uneject_host": True,
     }
-    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
     return cluster
 
 
 # A new ext_proc stream that cannot reach its replica (refused, reset before any
 # response) is retried on another one; a stream that already had answers is not.
 EXT_PROC_RETRY: dict[str, Any] = {
-    "retry_on": "connect-failure,refused-stream,reset-before-request,unavailable",
+    "retry_on": "connect-failure,refused-stream,reset,unavailable",
     "num_retries": 2,
     "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
     "retry_host_predicate": [

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ import yaml
 
 from bench.stack.envoy import cluster_config, picker_config
 from bench.stack.plugins import entry_point_dist
+from bench.stack.ports import stable_ports
 from bench.stack.procs import ROOT, Procs, free_port
 from bench.stack.simprecise import (
     SIM_PRECISE,
@@ -80,7 +82,6 @@ class Stack:
         self.picker_grpc_ports: list[int] = []  # every replica's
         self.picker_metrics_ports: list[int] = []
         self.peer_endpoints: list[str] = []  # sharing=picks: every replica's publisher
-        self.starts: dict[str, int] = {}  # replica name -> times started
 
     @property
     def url(self) -> str:
@@ -140,7 +141,7 @@ class Stack:
         self.picker_grpc_port = self.picker_grpc_ports[0]
         self.picker_metrics_port = self.picker_metrics_ports[0]
         if self.sharing == "picks":
-            self.peer_endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(n)]
+            self.peer_endpoints = [f"tcp://127.0.0.1:{p}" for p in stable_ports(n)]
         for i in range(n):  # all at once: each waits (bounded) for the others' replays
             self.start_replica(i, ready=False)
         for i in range(n):
@@ -150,7 +151,7 @@ class Stack:
         """Waits until replica ``i`` logs that it is ready (its latest start)."""
         name, proc = self.replica_name(i), self.replica(i)
         deadline = time.monotonic() + timeout
-        while self.procs.log(name).count("picker ready") < self.starts.get(name, 1):
+        while "picker ready" not in self.procs.log(name):  # (a start truncates the log)
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"{name} exited with {proc.returncode}:\n{self.procs.log(name)[-4000:]}"
@@ -204,7 +205,6 @@ class Stack:
     def start_replica(self, i: int, ready: bool = True) -> subprocess.Popen[bytes]:
         """Starts replica ``i`` (again, after a kill: same ports, same peers)."""
         name = self.replica_name(i)
-        self.starts[name] = self.starts.get(name, 0) + 1
         path = self.procs.dir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(self.replica_config(i)))
         plugins = dict(self.plugins)
@@ -248,3 +248,28 @@ class Stack:
         else:
             raise ValueError(f"unknown target {self.target!r}")
         self.procs.start_envoy("envoy", envoy_cfg, self.port, admin, self.envoy_concurrency)
+        if self.target == "picker" and self.replicas > 1:
+            for i in range(self.replicas):
+                self.wait_envoy_healthy(i)
+
+    def envoy_health(self) -> dict[int, str]:
+        """Envoy's health flags of each picker replica, by its gRPC port."""
+        url = f"http://127.0.0.1:{self.admin_port}/clusters"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        out: dict[int, str] = {}
+        for line in text.splitlines():
+            parts = line.split("::")
+            if len(parts) == 4 and parts[0] == "picker" and parts[2] == "health_flags":
+                out[int(parts[1].rsplit(":", 1)[1])] = parts[3]
+        return out
+
+    def wait_envoy_healthy(self, i: int, timeout: float = 15.0) -> None:
+        """Waits until Envoy's health checks pass on replica ``i`` (before that, Envoy
+        sends it no streams unless it panics)."""
+        port = self.picker_grpc_ports[i]
+        deadline = time.monotonic() + timeout
+        while self.envoy_health().get(port) != "healthy":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Envoy never saw replica {i} healthy: {self.envoy_health()}")
+            time.sleep(0.05)

@@ -17,12 +17,12 @@ messages (the simulator's tokenizer ignores whitespace).
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Mapping
 from typing import Any
 
 from bench.sim.kvcache import block_hashes
 from bench.sim.tokenize import render_chat, tokenize
+from bench.stack.ports import stable_ports
 from picker.request.types import InferenceRequest
 from picker.scheduling.profile import DEFAULT_SCHEDULER
 from picker.scheduling.scorers.precise_prefix import PrecisePrefixScorer
@@ -101,25 +101,7 @@ def with_kv_events(scheduler: Mapping[str, Any] | None, entry: Mapping[str, Any]
     return spec
 
 
-def kv_event_ports(n: int, attempts: int = 50) -> int:
-    """A base port with ``n`` consecutive free ports on loopback (the simulator's
-    ``--kv-events-port`` binds base + i for pod i)."""
-    for _ in range(attempts):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base: int = s.getsockname()[1]
-        if base + n >= 65536:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for i in range(n):
-                t = socket.socket()
-                socks.append(t)
-                t.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise RuntimeError(f"no {n} consecutive free ports found")
+def kv_event_ports(n: int) -> int:
+    """A base port with ``n`` consecutive free ports (the simulator's
+    ``--kv-events-port`` binds base + i for pod i); see ``bench.stack.ports``."""
+    return stable_ports(n, consecutive=True)[0]

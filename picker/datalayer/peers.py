@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PeerPick = Callable[[Endpoint, list[int], int], None]
-"""``(endpoint, prefix block hashes, uncached tokens)``: a peer sent a request there."""
+"""``(endpoint, prefix block hashes, uncached tokens)``: a peer sent a request there
+(``tokens`` 0: a replayed pick, long done; see ``Plugin.on_peer_pick``)."""
 
 MAX_PER_POD = 100_000  # a peer's in-flight count on one pod is capped here
 _REPLAY_CHUNK = 32 * 1024
@@ -237,7 +238,7 @@ class PeerTable:
             for r in batch.records:
                 ep = self._endpoint(r.address)
                 if ep is not None and r.hashes:
-                    self.on_pick(ep, r.hashes, r.tokens)
+                    self.on_pick(ep, r.hashes, 0)  # 0 tokens: history, no load
                     n += 1
             if n:
                 self.received("replay", n)

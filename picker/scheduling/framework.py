@@ -162,7 +162,8 @@ class Plugin:
     def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
         """A peer replica sent a request to ``endpoint``: ``hashes`` are its prompt's
         blocks as the ``prefix`` plugin computes them (same layout), ``tokens`` its
-        estimated uncached prompt tokens there."""
+        estimated uncached prompt tokens there (>= 1); 0 for a pick replayed to a new
+        replica: the pod holds the prefix, but the request is long done (no load)."""
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         """``endpoint`` was removed from the datastore and will never be a candidate again

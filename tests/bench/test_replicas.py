@@ -94,7 +94,6 @@ def test_envoy_lists_every_replica_with_health_checks_and_failover() -> None:
         "service_name": "envoy.service.ext_proc.v3.ExternalProcessor"
     }
     assert cluster["outlier_detection"]["consecutive_local_origin_failure"] == 1
-    assert cluster["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
     ext_proc = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     filters = ext_proc["typed_config"]["http_filters"]
     grpc = next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")

@@ -138,7 +138,7 @@ def test_replay_feeds_the_prefix_index_only_and_marks_the_peer_replayed() -> Non
     net = Net()
     payload = wire.header(wire.REPLAY, LAYOUT, 9, 0, b"p") + pick(A, 3, [4, 5]) + pick(B, 1, [6])
     net.table.apply(wire.decode(payload), 1.0)
-    assert net.picks == [(A, [4, 5], 3), (B, [6], 1)]
+    assert net.picks == [(A, [4, 5], 0), (B, [6], 0)]  # 0 tokens: history, not load
     assert net.a.inflight == 0 and net.table.replays_done == set()
     final = wire.header(wire.REPLAY, LAYOUT, 9, 0, b"p", wire.FINAL)
     net.table.apply(wire.decode(final), 1.0)

@@ -85,3 +85,5 @@ def test_a_peer_pick_joins_the_predicted_ttft_backlog() -> None:
     assert first > 0.5 and ttft.backlog(PODS[1].address, now[0]) == 0.0
     now[0] += 0.25  # drained as time passes
     assert ttft.backlog(PODS[0].address, now[0]) == pytest.approx(first - 0.25)
+    ttft.on_peer_pick(PODS[1], [1, 2], 0)  # a replayed pick: no load
+    assert ttft.backlog(PODS[1].address, now[0]) == 0.0
