@@ -40,12 +40,19 @@ from aiohttp import web
 from bench.sim.engine import Engine, EngineConfig, SimRequest
 from bench.sim.exposition import Exposition
 from bench.sim.latency import ApiServerLoop, LatencyModel
+from bench.sim.openai import (
+    CHUNKS,
+    OUTPUT_WORDS,
+    Invalid,
+    bad,
+    error,
+    parse_max_tokens,
+    parse_prompts,
+    usage,
+)
 from bench.sim.tokenize import render_chat, tokenize
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-DEFAULT_MAX_TOKENS = 16
-_TEXT = "the quick brown fox jumps over a lazy dog while seven simulated GPUs serve tokens"
-OUTPUT_WORDS = tuple(" " + w for w in _TEXT.split(" "))
 
 
 @dataclass(slots=True)
@@ -88,66 +95,6 @@ class SimPodConfig:
         )
 
 
-def _error(status: int, message: str, type_: str, param: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def _bad(message: str, param: str | None = None) -> web.Response:
-    return _error(400, message, "BadRequestError", param)
-
-
-class _Invalid(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def _prompts(value: Any) -> list[list[int]]:
-    """The token-id prompts of a completions ``prompt`` field."""
-    if isinstance(value, str):
-        return [tokenize(value)]
-    if isinstance(value, list) and value:
-        if all(type(t) is int for t in value):
-            return [list(value)]
-        out: list[list[int]] = []
-        for item in value:
-            if isinstance(item, str):
-                out.append(tokenize(item))
-            elif isinstance(item, list) and item and all(type(t) is int for t in item):
-                out.append(list(item))
-            else:
-                raise _Invalid("each prompt must be a string or a list of token ids", "prompt")
-        return out
-    raise _Invalid("prompt must be a string, a list of token ids or a list of those", "prompt")
-
-
-def _max_tokens(body: dict[str, Any], chat: bool) -> int:
-    value = body.get("max_completion_tokens") if chat else None
-    if value is None:
-        value = body.get("max_tokens")
-    if value is None:
-        return DEFAULT_MAX_TOKENS
-    if type(value) is not int or value < 1:
-        raise _Invalid("max_tokens must be a positive integer", "max_tokens")
-    return value
-
-
-class _Chunks:
-    """Pre-built SSE byte pieces for one response kind (completion or chat)."""
-
-    def __init__(self, chat: bool) -> None:
-        words = [orjson.dumps(w)[1:-1] for w in OUTPUT_WORDS]
-        if chat:
-            mid = [b',"delta":{"content":"' + w + b'"},"logprobs":null,' for w in words]
-        else:
-            mid = [b',"text":"' + w + b'","logprobs":null,' for w in words]
-        self.token = [m + b'"finish_reason":null}]}\n\n' for m in mid]
-        self.last = [m + b'"finish_reason":"length","stop_reason":null}]}\n\n' for m in mid]
-        self.n = len(words)
-
-
-_CHUNKS = {False: _Chunks(False), True: _Chunks(True)}
 _ids = itertools.count()
 
 
@@ -303,28 +250,28 @@ class SimPod:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
-            return _bad(f"Invalid JSON body: {exc}")
+            return bad(f"Invalid JSON body: {exc}")
         if not isinstance(body, dict):
-            return _bad("The request body must be a JSON object.")
+            return bad("The request body must be a JSON object.")
         model = body.get("model", self.config.model)
         if not isinstance(model, str) or model not in self.models:
-            return _error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+            return error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
         try:
             if chat:
                 messages = body.get("messages")
                 if not isinstance(messages, list) or not messages:
-                    raise _Invalid("messages must be a non-empty list", "messages")
+                    raise Invalid("messages must be a non-empty list", "messages")
                 prompts = [tokenize(render_chat(messages))]
             else:
-                prompts = _prompts(body.get("prompt"))
-            max_tokens = _max_tokens(body, chat)
-        except (_Invalid, ValueError) as exc:
-            return _bad(str(exc), getattr(exc, "param", None))
+                prompts = parse_prompts(body.get("prompt"))
+            max_tokens = parse_max_tokens(body, chat)
+        except (Invalid, ValueError) as exc:
+            return bad(str(exc), getattr(exc, "param", None))
         engine = self.engine
         for p in prompts:
             reason = engine.capacity_error(len(p), max_tokens)
             if reason is not None:
-                return _bad(reason)
+                return bad(reason)
         stream = bool(body.get("stream"))
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
@@ -388,7 +335,7 @@ class SimPod:
             "created": int(time.time()),
             "model": model,
             "choices": choices,
-            "usage": _usage(reqs),
+            "usage": usage(reqs),
         }
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
@@ -419,7 +366,7 @@ class SimPod:
         )
         prefix = head + b',"choices":[{"index":'
         idx = [str(i).encode() for i in range(len(reqs))]
-        table = _CHUNKS[chat]
+        table = CHUNKS[chat]
         token, last, nw = table.token, table.last, table.n
         write: Callable[[bytes], Awaitable[None]] = resp.write
         try:
@@ -452,7 +399,7 @@ class SimPod:
                 if done:
                     if include_usage:
                         parts.append(
-                            head + b',"choices":[],"usage":' + orjson.dumps(_usage(reqs)) + b"}\n\n"
+                            head + b',"choices":[],"usage":' + orjson.dumps(usage(reqs)) + b"}\n\n"
                         )
                     parts.append(b"data: [DONE]\n\n")
                 if parts:
@@ -463,18 +410,6 @@ class SimPod:
         except ConnectionResetError:
             pass  # the client went away; the caller aborts what is unfinished
         return resp
-
-
-def _usage(reqs: Sequence[SimRequest]) -> dict[str, Any]:
-    prompt = sum(len(r.prompt) for r in reqs)
-    completion = sum(r.num_output for r in reqs)
-    cached = sum(max(r.cached_tokens, 0) for r in reqs)
-    return {
-        "prompt_tokens": prompt,
-        "total_tokens": prompt + completion,
-        "completion_tokens": completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
 
 
 class SimCluster:
