@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Sequence
@@ -60,6 +61,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--prefill-tokens-per-s", type=float, default=LatencyModel().prefill_tokens_per_s
     )
     ap.add_argument(
+        "--latency",
+        default="",
+        help="LatencyModel fields as JSON, e.g. bench.fidelity's fit (over the flags above)",
+    )
+    ap.add_argument(
         "--kv-events-port",
         type=int,
         default=0,
@@ -89,7 +95,8 @@ def configs_from_args(args: argparse.Namespace) -> list[SimPodConfig]:
         speeds *= n
     if len(speeds) != n:
         raise SystemExit(f"--speed lists {len(speeds)} values for {n} pods")
-    latency = LatencyModel(prefill_tokens_per_s=args.prefill_tokens_per_s)
+    fields = {"prefill_tokens_per_s": args.prefill_tokens_per_s}
+    latency = LatencyModel(**{**fields, **json.loads(args.latency or "{}")})
     return [
         SimPodConfig(
             model=args.model,

@@ -160,3 +160,12 @@ async def test_front_end_over_http_queues_on_the_api_loop(
         assert st.prefill.sum < 3 * lat.frontend_s  # steps only
     finally:
         await c.stop()
+
+
+def test_cli_latency_json_overrides_fields() -> None:
+    from bench.sim.__main__ import configs_from_args, parse_args
+
+    args = parse_args(["--latency", '{"frontend_s": 0.007, "attention_pair_s": 1e-8}'])
+    (cfg,) = configs_from_args(args)
+    assert cfg.latency.frontend_s == 0.007 and cfg.latency.attention_pair_s == 1e-8
+    assert cfg.latency.prefill_tokens_per_s == LatencyModel().prefill_tokens_per_s
