@@ -109,6 +109,16 @@ CASES: dict[str, dict[str, Any]] = {
             "terminationGracePeriodSeconds": 130,
         },
     ),
+    "peers": merged(
+        MODEL_SERVERS,
+        {
+            "replicas": 3,
+            "peers": {
+                "enabled": True,
+                "endpoints": [f"picker-{i}.picker.{NS}.svc:5570" for i in range(3)],
+            },
+        },
+    ),
     "custom-plugins": merged(
         MODEL_SERVERS,
         {
@@ -730,3 +740,26 @@ def test_picker_reads_the_rendered_endpoint_picker_config(case: str) -> None:
     build_profile(settings.scheduler)
     if case == "sglang-h2c":
         assert settings.model_server == "sglang"
+
+
+def test_peers_render_into_pickers_own_config(tmp_path: Path) -> None:
+    """With peers on, the replicas' own config file is mounted and read by picker's CLI
+    as the chart means it: publish on the peers port, subscribe to every replica."""
+    from picker.cli import _parser, config_from_args
+
+    objs = render(CASES["peers"])
+    c, cm = container(objs), one(objs, "ConfigMap")
+    assert {"name": "peers", "containerPort": 5570, "protocol": "TCP"} in c["ports"]
+    argv = [*c["command"][1:], *c["args"]]
+    for name in ("--config", "--config-file"):
+        mounted = flag(argv, name)
+        local = tmp_path / mounted.rpartition("/")[2]
+        local.write_text(cm["data"][local.name])
+        argv[argv.index(mounted)] = str(local)
+    cfg = config_from_args(_parser().parse_args(argv))
+    assert cfg.peers.publish == "tcp://0.0.0.0:5570"
+    assert cfg.peers.endpoints == [f"tcp://picker-{i}.picker.{NS}.svc:5570" for i in range(3)]
+    assert cfg.scheduler is not None and "prefix-cache-scorer" in cfg.scheduler["scorers"]
+    off = render(CASES["defaults"])
+    assert "picker.yaml" not in one(off, "ConfigMap")["data"]
+    assert "--config" not in container(off)["args"]
