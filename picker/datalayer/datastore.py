@@ -4,6 +4,9 @@ Writers, never contending (one asyncio loop):
 - background scrapers replace ``Endpoint.metrics`` with a new immutable snapshot;
 - the request path increments/decrements ``Endpoint.inflight`` (picker's own count of
   requests sent to the pod and not yet finished), which fills the gap between scrapes;
+  with peer replicas (``peers``) their requests are counted in as well, so the counts
+  are the gateway's, not one replica's (``picker.datalayer.peers`` adds and removes
+  exactly what each peer reported);
 - discovery (``picker.datalayer.discovery``) adds and removes endpoints of a pool at run
   time (``Datastore.set_endpoints``). A pool's ``endpoints`` list is replaced, never
   changed in place, so a reader holding the old list keeps a consistent one. A removed
