@@ -17,10 +17,12 @@ For a request and a candidate pod the prediction, in seconds, is
 
 A busy holder of a hot prefix stops winning once its backlog exceeds the cost of
 recomputing the prefix elsewhere, so a prefix most traffic shares spreads over several
-pods. The score is ``best / predicted`` (1.0 for the fastest), the predictions counted
-in whole steps of ``resolution_s`` (1 ms): pods closer than that are a tie, which the
-``max_score`` picker gives to the least recently picked (round-robin among equals, not
-every request to a pod the model thinks 0.1 ms faster).
+pods. The score is ``best / predicted`` (1.0 for the fastest); pods predicted within
+``tolerance`` (10 %) + ``resolution_s`` (2 ms) of the best also score 1.0: a tie, which
+the ``max_score`` picker gives to the least recently picked. Two pods the model cannot
+tell apart (identical pods whose learned coefficients differ by noise) then share the
+work and the cache room, instead of one taking every request while the other idles;
+a prefix hit or a real backlog is far outside that band.
 
 Latency targets (``x-slo-ttft-ms``, ``x-slo-tpot-ms``: the headers llm-d's predicted-
 latency scheduling reads): pods predicted to miss them score 1 % of their value while
@@ -29,8 +31,9 @@ and the director answers a sheddable request 429 at once.
 
 Parameters: ``tokens_per_second`` (33000), ``request_s`` (0.003), ``overhead_s``
 (0.007), ``tpot_s`` (0.007), ``forgetting`` (0.95): the priors every pod starts from;
-``resolution_s`` (0.001); ``expose`` (false): add ``x-picker-predicted-ttft-ms`` and
-``x-picker-predicted-tpot-ms`` to the response (the prediction for the pod that served).
+``tolerance`` (0.1), ``resolution_s`` (0.002); ``expose`` (false): add
+``x-picker-predicted-ttft-ms`` and ``x-picker-predicted-tpot-ms`` to the response (the
+prediction for the pod that served).
 """
 
 from __future__ import annotations
@@ -130,9 +133,10 @@ class PredictedLatency(DataProducer, Scorer):
         if not 0.5 <= pr.forgetting <= 1.0:
             raise ValueError(f"plugin {self.name!r}: forgetting must be in [0.5, 1]")
         self.expose = p.flag("expose", False)
-        self.resolution = p.number("resolution_s", 0.001)
-        if self.resolution <= 0:
-            raise ValueError(f"plugin {self.name!r}: resolution_s must be > 0")
+        self.resolution = p.number("resolution_s", 0.002)
+        self.tolerance = p.number("tolerance", 0.1)
+        if self.resolution < 0 or self.tolerance < 0:
+            raise ValueError(f"plugin {self.name!r}: resolution_s, tolerance must be >= 0")
         self._metrics = handle.metrics if handle is not None else Metrics()
         self._clock = clock
         self._pods: dict[str, _Pod] = {}
@@ -269,11 +273,14 @@ class PredictedLatency(DataProducer, Scorer):
             self.produce(request, candidates)
             pred = request.latency
             assert pred is not None
-        ttft, res = pred.ttft, self.resolution
-        # Compared in whole steps of ``resolution``: closer is a tie (the picker's).
-        preds = [max(1, round(ttft[e.address] / res)) for e in candidates]
+        ttft = pred.ttft
+        preds = [ttft[e.address] for e in candidates]
         best = min(preds)
-        scores = [best / p for p in preds]
+        # Within the model's resolution of the best, pods tie (the picker takes the
+        # least recently picked): two pods the model cannot tell apart share the work
+        # (and the cache room) instead of one taking all while the other idles.
+        near = best * (1.0 + self.tolerance) + self.resolution
+        scores = [1.0 if p <= near else best / p for p in preds]
         if (request.slo_ttft is not None or request.slo_tpot is not None) and not pred.unmeetable:
             for i, e in enumerate(candidates):
                 if not self._meets(request, pred, e.address):

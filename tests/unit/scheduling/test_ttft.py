@@ -25,7 +25,8 @@ class Clock:
 
 
 def plugin(clock: Clock, **extra: object) -> PredictedLatency:
-    raw = {"tokens_per_second": 10000, "overhead_s": 0.01, "request_s": 0.0, **extra}
+    raw = {"tokens_per_second": 10000, "overhead_s": 0.01, "request_s": 0.0, "tolerance": 0.0}
+    raw.update(extra)
     return PredictedLatency("ttft", Params(raw), Handle(metrics=Metrics()), clock)
 
 
@@ -54,7 +55,7 @@ def test_a_prefix_hit_is_worth_its_tokens_and_a_busy_holder_its_backlog() -> Non
     s = plugin(clock)
     holder, other = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
     r = req(1000, {holder.address: 8})  # 800 of 1,000 tokens cached on the holder
-    assert s.score(r, [holder, other]) == [1.0, pytest.approx(30 / 110)]  # in whole ms
+    assert s.score(r, [holder, other]) == [1.0, pytest.approx(30 / 110)]
     s.on_pick(req(1500), holder)  # the holder now has 0.15 s of prefill queued
     preds = [s.predict(r, e, clock.t) for e in (holder, other)]
     assert preds == [pytest.approx(0.01 + 0.17), pytest.approx(0.01 + 0.1)]
@@ -174,14 +175,17 @@ def test_prediction_error_is_exported_per_pod() -> None:
     assert reg.get_sample_value("picker_pod_observed_ttft_seconds", labels) is None
 
 
-def test_pods_closer_than_the_resolution_tie() -> None:
+def test_pods_closer_than_the_tolerance_tie() -> None:
     clock = Clock()
-    s = plugin(clock)
+    s = plugin(clock, tolerance=0.1, resolution_s=0.002)
     a, b = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
-    s.on_pick(req(3), a)  # 0.3 ms queued on a: below the 1 ms resolution
-    assert s.score(req(10), [a, b]) == [1.0, 1.0]
-    s.on_pick(req(30), a)  # 3.3 ms queued
-    assert s.score(req(10), [a, b])[0] < 1.0
+    s.on_pick(req(100), a)  # 10 ms queued on a: 10 + 10 + 10 ms vs 20 ms, within 10 % + 2 ms
+    assert s.score(req(100), [a, b]) == [pytest.approx(2 / 3), 1.0]
+    s2 = plugin(clock, tolerance=0.1, resolution_s=0.002)
+    s2.on_pick(req(5), a)  # 0.5 ms queued: a tie
+    assert s2.score(req(100), [a, b]) == [1.0, 1.0]
+    s2.on_pick(req(50), a)  # 5.5 ms queued on 20 ms: past 10 % + 2 ms
+    assert s2.score(req(100), [a, b])[0] < 1.0
 
 
 def test_latency_targets_avoid_pods_predicted_to_miss_them() -> None:
