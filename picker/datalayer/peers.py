@@ -307,16 +307,18 @@ class PeerExchange:
         self._schedule()
 
     def _schedule(self) -> None:
-        if self._flush_handle is not None or not self._running:
+        if not self._running:
             return
         if len(self._buf) >= self.config.batch_bytes:
             self._flush()
-            return
-        loop = asyncio.get_running_loop()
-        self._flush_handle = loop.call_later(self.config.flush_interval, self._flush)
+        elif self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(self.config.flush_interval, self._flush)
 
     def _flush(self) -> None:
-        self._flush_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if not self._buf or self._pub is None:
             return
         body, self._buf = bytes(self._buf), bytearray()
