@@ -165,7 +165,8 @@ class PeersConfig:
 
     publish: str = ""  # this replica's XPUB bind address, e.g. tcp://0.0.0.0:5570
     endpoints: list[str] = field(default_factory=list)  # every replica's (itself may be in)
-    id: str = ""  # this replica's name in logs; "": hostname:pid
+    id: str = ""  # this replica's name ("": hostname:pid); a new process under a peer's
+    # name replaces it at once (a restart), so two live replicas must not share one
     flush_interval: float = 0.001  # records wait at most this long to share one send
     batch_bytes: int = 64 * 1024  # ... or until this many bytes are pending
     state_interval: float = 0.5  # own in-flight table + heartbeat

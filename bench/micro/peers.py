@@ -37,6 +37,7 @@ class Replica:
         cfg = PeersConfig(
             publish=publish,
             endpoints=endpoints,
+            id=publish,
             batch_bytes=batch_bytes,
             max_message_bytes=4 << 20,
         )

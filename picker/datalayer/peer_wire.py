@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 VERSION = 1
@@ -97,7 +98,7 @@ def _address(tag: int, address: bytes) -> bytes:
     return _ADDR.pack(tag, len(address)) + address
 
 
-def pick(address: bytes, tokens: int, hashes: list[int]) -> bytes:
+def pick(address: bytes, tokens: int, hashes: Sequence[int]) -> bytes:
     """One PICK record (at most ``MAX_BLOCKS`` hashes are kept: the chain's head)."""
     if len(hashes) > MAX_BLOCKS:
         hashes = hashes[:MAX_BLOCKS]

@@ -178,6 +178,9 @@ class PeerTable:
             return
         peer = self.peers.get(batch.nonce)
         if peer is None:
+            for old in [p for p in self.peers.values() if p.sender == batch.sender]:
+                log.warning("peer %s restarted: its earlier load dropped", old.sender)
+                self.forget(old)  # the same replica, a new process: the old one is gone
             if len(self.peers) >= self.max_peers:
                 self.dropped("too_many_peers")
                 return
@@ -290,7 +293,7 @@ class PeerExchange:
     # -- the request path: cheap appends, sent later in one batch -------------------
 
     def picked(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
-        rec = wire.pick(endpoint.address.encode(), tokens, list(hashes))
+        rec = wire.pick(endpoint.address.encode(), tokens, hashes)
         self._buf += rec
         self._picks += 1
         if hashes:

@@ -40,6 +40,7 @@ class Replica:
         config = PeersConfig(
             publish=publish,
             endpoints=endpoints,
+            id=publish,  # one process: the default (hostname:pid) would be everyone's
             state_interval=cfg.get("state_interval", 0.05),
             peer_timeout=cfg.get("peer_timeout", 0.5),
             warmup=cfg.get("warmup", 2.0),

@@ -188,3 +188,12 @@ def test_whatever_peers_send_their_load_comes_off_exactly(
     assert (net.a.inflight, net.a.inflight_tokens) == (3, 70)
     assert (net.b.inflight, net.b.inflight_tokens) == (0, 0)
     assert net.table.folded == {} and net.table.peers == {}
+
+
+def test_a_restarted_peer_replaces_its_earlier_process_at_once() -> None:
+    net = Net()
+    net.send(9, 1, pick(A), pick(A))
+    payload = wire.header(wire.LIVE, LAYOUT, 10, 1, b"peer-9") + pick(B)  # same id, new nonce
+    net.table.apply(wire.decode(payload), now=2.0)
+    assert (net.a.inflight, net.b.inflight) == (0, 1)
+    assert list(net.table.peers) == [10]
