@@ -147,3 +147,24 @@ def test_sim_precise_hashes_what_the_simulator_caches() -> None:
     chat = parse_request("/v1/chat/completions", orjson.dumps({"model": "m", "messages": messages}))
     assert chat_messages(chat.prompt) == messages
     assert scorer.hashes(chat) == block_hashes(tokenize(render_chat(messages)), 16)
+
+
+def test_real_pods_kv_events_config_builds_a_precise_profile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--backend real --sharing kv_events``: picker's own precise_prefix with the real
+    model's tokenizer and vLLM's hash settings, subscribed to every pod."""
+    import bench.realvllm
+    from bench.harness.pods import real_precise_entry
+    from picker.scheduling.profile import build_profile
+    from picker.scheduling.scorers.precise_prefix import PrecisePrefixScorer
+    from tests import FIXTURES
+
+    monkeypatch.setattr(bench.realvllm, "default_model_dir", lambda: FIXTURES / "kv_events")
+    events = {"127.0.0.1:8101": "tcp://127.0.0.1:5601", "127.0.0.1:8102": "tcp://127.0.0.1:5602"}
+    entry = real_precise_entry(events)
+    profile = build_profile(with_kv_events(None, entry))
+    (precise,) = [p for p in profile.plugins if isinstance(p, PrecisePrefixScorer)]
+    assert precise.name == KV_PREFIX_NAME and precise.tokenizer is not None
+    assert precise.events.endpoints == events
+    assert precise.hasher.block_size == bench.realvllm.BLOCK_SIZE
