@@ -6,8 +6,10 @@ Per prompt size (128-3072 tokens, 3 repeats, medians), a cold prompt and the sam
 again (cached: all full blocks but the last token's hit, as in vLLM), each with
 ``max_tokens`` 1; for each, the client's TTFT and the engine's own prefill time (the
 pod's ``vllm:request_prefill_time_seconds``, first scheduled to first token: one step
-here). Then the ITL of a lone decode at a short and a 2k context and of 8 batched
-decodes, and the cost of one ``/metrics`` scrape.
+here). Then the engine's decode step (its ``vllm:request_decode_time_seconds`` over the
+tokens: the client's gaps are not steps, the API server sends in bursts) of a lone
+decode at a short and a 2k context and of 8 batched decodes, and the cost of one
+``/metrics`` scrape.
 
 The fit, in two parts that the engine's prefill time separates:
 
@@ -41,8 +43,10 @@ from bench.sim.latency import attention_pairs
 from bench.stack.client import Outcome, send
 
 SIZES = (128, 512, 1024, 2048, 3072)
-PREFILL_SUM = "vllm:request_prefill_time_seconds_sum"
-PREFILL_COUNT = "vllm:request_prefill_time_seconds_count"
+# the engine's own per-request times (engine-core timestamps, recorded at finish)
+PREFILL = "vllm:request_prefill_time_seconds"  # first scheduled -> first token
+DECODE = "vllm:request_decode_time_seconds"  # first token -> last token
+ENGINE_TIMES = tuple(f"{m}_{k}" for m in (PREFILL, DECODE) for k in ("sum", "count"))
 
 
 def _corpus() -> tuple[str, ...]:
@@ -87,8 +91,8 @@ class Calibration:
     cached_ttft: dict[int, float]
     cold_engine: dict[int, float]  # prompt tokens -> the engine's prefill time
     cached_engine: dict[int, float]
-    itl_short_s: float  # lone decode, ~64 tokens of context
-    itl_long_s: float  # lone decode, long_ctx tokens of context
+    itl_short_s: float  # the engine's decode step, lone, ~64 tokens of context
+    itl_long_s: float  # lone, long_ctx tokens of context
     itl_batch8_s: float  # 8 decodes batched, short contexts
     long_ctx: int
     scrape_s: float  # one /metrics scrape, client-measured
@@ -187,31 +191,58 @@ def first(o: Outcome) -> float:
     return o.ttft if o.ttft is not None else o.e2e
 
 
-async def _prefill_stats(session: aiohttp.ClientSession, pod: str) -> tuple[float, float]:
+def decode_period(o: Outcome) -> float:
+    """Mean client seconds per token after the first."""
+    if not o.itl:
+        raise RuntimeError("calibration decode returned too few tokens")
+    return statistics.fmean(o.itl)
+
+
+async def _engine_times(session: aiohttp.ClientSession, pod: str) -> dict[str, float]:
     async with session.get(f"http://{pod}/metrics") as r:
-        m = podmetrics.parse_metrics(await r.text(), (PREFILL_SUM, PREFILL_COUNT))
-    return m.get(PREFILL_SUM, 0.0), m.get(PREFILL_COUNT, 0.0)
+        return podmetrics.parse_metrics(await r.text(), ENGINE_TIMES)
+
+
+async def _engine_run(
+    session: aiohttp.ClientSession, pod: str, prompts: list[str], max_tokens: int, model: str
+) -> tuple[list[Outcome], dict[str, float]]:
+    """Sends ``prompts`` at once; their outcomes and the increase of the engine's time
+    histograms (``PREFILL``, ``DECODE``: sums and counts) once the pod recorded them."""
+    m0 = await _engine_times(session, pod)
+    outs = await asyncio.gather(
+        *(one(session, f"http://{pod}", p, max_tokens, model) for p in prompts)
+    )
+    count = f"{PREFILL}_count"
+    for _ in range(25):  # the pod records a request after it has answered
+        await asyncio.sleep(0.02)
+        m1 = await _engine_times(session, pod)
+        if m1.get(count, 0.0) - m0.get(count, 0.0) >= len(prompts):
+            break
+    delta = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in ENGINE_TIMES}
+    if delta[count] != len(prompts):
+        raise RuntimeError(f"{pod}: no {PREFILL} / {DECODE} per request (stats logging off?)")
+    return outs, delta
 
 
 async def _timed(
     session: aiohttp.ClientSession, pod: str, prompt: str, model: str
 ) -> tuple[float, float]:
     """(client TTFT, engine prefill time) of one request with ``max_tokens`` 1."""
-    s0, c0 = await _prefill_stats(session, pod)
-    o = await one(session, f"http://{pod}", prompt, 1, model)
-    for _ in range(20):  # the pod records the request when it has answered
-        await asyncio.sleep(0.02)
-        s1, c1 = await _prefill_stats(session, pod)
-        if c1 - c0 >= 1:
-            break
-    if c1 - c0 != 1:
-        raise RuntimeError(f"{pod} exports no vllm:request_prefill_time_seconds per request")
-    return first(o), s1 - s0
+    (o,), d = await _engine_run(session, pod, [prompt], 1, model)
+    return first(o), d[f"{PREFILL}_sum"]
+
+
+async def _decode_step(
+    session: aiohttp.ClientSession, pod: str, prompts: list[str], model: str, tokens: int = 64
+) -> float:
+    """The engine's seconds per decode step with ``prompts`` decoding together (its own
+    decode time: the client's gaps are not steps, vLLM's API server sends in bursts)."""
+    _, d = await _engine_run(session, pod, prompts, tokens, model)
+    return d[f"{DECODE}_sum"] / (len(prompts) * (tokens - 1))
 
 
 async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Calibration:
     rng = random.Random(f"calibrate:{seed}")
-    url = f"http://{address}"
     sizes = [n for n in SIZES if n + 16 < max_len]
     cold: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
     cached: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
@@ -219,7 +250,7 @@ async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Ca
         scrapes = []
         for _ in range(7):
             t0 = time.perf_counter()
-            await _prefill_stats(s, address)
+            await _engine_times(s, address)
             scrapes.append(time.perf_counter() - t0)
             await asyncio.sleep(0.05)
         for _ in range(3):
@@ -228,9 +259,9 @@ async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Ca
                 cold[n].append(await _timed(s, address, prompt, model))
                 cached[n].append(await _timed(s, address, prompt, model))
         long_ctx = min(2048, max_len - 80)
-        short = await one(s, url, text(rng, 63), 64, model)
-        long = await one(s, url, text(rng, long_ctx - 1), 64, model)
-        batch = await asyncio.gather(*(one(s, url, text(rng, 63), 64, model) for _ in range(8)))
+        short = await _decode_step(s, address, [text(rng, 63)], model)
+        long = await _decode_step(s, address, [text(rng, long_ctx - 1)], model)
+        batch = await _decode_step(s, address, [text(rng, 63) for _ in range(8)], model)
 
     def med(d: dict[int, list[tuple[float, float]]], i: int) -> dict[int, float]:
         return {n: statistics.median(v[i] for v in vs) for n, vs in d.items()}
@@ -240,9 +271,9 @@ async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Ca
         cached_ttft=med(cached, 0),
         cold_engine=med(cold, 1),
         cached_engine=med(cached, 1),
-        itl_short_s=statistics.median(short.itl),
-        itl_long_s=statistics.median(long.itl),
-        itl_batch8_s=statistics.median([x for o in batch for x in o.itl[4:]]),
+        itl_short_s=short,
+        itl_long_s=long,
+        itl_batch8_s=batch,
         long_ctx=long_ctx,
         scrape_s=statistics.median(scrapes),
     )
@@ -265,7 +296,7 @@ async def sim_ttft(address: str, model: str, sizes: Sequence[int], seed: int = 8
     return {
         "cold": {n: statistics.median(v) for n, v in cold.items()},
         "cached": {n: statistics.median(v) for n, v in cached.items()},
-        "itl_short": statistics.median(short.itl),
+        "itl_short": decode_period(short),
     }
 
 

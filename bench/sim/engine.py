@@ -25,7 +25,10 @@ scheduler + model runner:
   while idle; all latency metrics are in simulated seconds, so they do not depend on how
   fast this machine runs Python. The task sleeps ``duration / time_scale`` of wall time
   per step against absolute deadlines (if it falls behind by up to 50 ms it skips sleeps
-  to catch up). It awaits an event when there is no work; no busy-waiting.
+  to catch up, within a busy period only: the first step after idling takes its full
+  duration, so the client's wall-clock latencies follow the model). A request still in
+  its front end (see ``server``) is waited for like a step. It awaits an event when
+  there is no work; no busy-waiting.
 * **Output**: every request generates exactly ``max_tokens`` tokens (as with
   ``ignore_eos``; finish reason ``length``). The first token is sampled at the end of
   the step that completes the prompt (TTFT), then one token per step.
@@ -190,6 +193,7 @@ class Engine:
             if not self.running and not self.waiting:
                 self._wake.clear()
                 await self._wake.wait()
+                deadline = 0.0  # idle: the next step starts its own deadline (no catch-up)
             sim0 = self.now()
             wall0 = clock()
             sched = self._schedule(sim0)
@@ -201,6 +205,7 @@ class Engine:
                 if d <= 0:
                     self._wake.clear()
                     await self._wake.wait()
+                    deadline = 0.0
                     continue
             self._busy = True
             self._step_sim, self._step_wall, self._step_d = sim0, wall0, d

@@ -169,3 +169,25 @@ def test_cli_latency_json_overrides_fields() -> None:
     (cfg,) = configs_from_args(args)
     assert cfg.latency.frontend_s == 0.007 and cfg.latency.attention_pair_s == 1e-8
     assert cfg.latency.prefill_tokens_per_s == LatencyModel().prefill_tokens_per_s
+
+
+async def test_step_after_a_short_idle_takes_its_full_wall_time() -> None:
+    """Deadline catch-up is for back-to-back steps: a step that follows a short idle gap
+    must not be shortened by it (the client would see less than the model's time)."""
+    lat = LatencyModel(frontend_s=0.0, frontend_per_token_s=0.0, prefill_overhead_s=0.03)
+    engine = Engine(EngineConfig(latency=lat))
+    engine.start()
+    try:
+        loop = asyncio.get_running_loop()
+        for gap in (0.0, 0.02):
+            event = asyncio.Event()
+            await asyncio.sleep(gap)
+            t0 = loop.time()
+            r = engine.add_request([1, 2, 3, 4], 1, event=event)
+            while not r.finished:
+                await event.wait()
+                event.clear()
+            step = lat.step_time(1, 4, 0, 4, attention_pairs(0, 4))
+            assert loop.time() - t0 >= 0.95 * step  # a lower bound: never faster
+    finally:
+        await engine.stop()
