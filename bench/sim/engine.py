@@ -341,6 +341,7 @@ class Engine:
                 stats.ttft.observe(t - r.arrival)
                 stats.prefill.observe(t - r.scheduled_at)
                 stats.prefill_computed.observe(len(r.prompt) - max(r.cached_tokens, 0))
+                stats.prompt.observe(len(r.prompt))
             else:
                 itl.observe(t - r.last_token_at)
             r.last_token_at = t

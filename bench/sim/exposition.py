@@ -140,6 +140,11 @@ class Exposition:
                 "Histogram of new KV tokens computed during prefill (excluding cached).",
                 st.prefill_computed,
             ),
+            (
+                "vllm:request_prompt_tokens",
+                "Number of prefill tokens processed.",
+                st.prompt,
+            ),
         ):
             header(out, name, "histogram", doc)
             hist.render(out, name, lb + ",")

@@ -100,3 +100,4 @@ class EngineStats:
     # request_prefill_kv_computed_tokens (prompt tokens computed, i.e. not cache hits)
     prefill: Histogram = field(default_factory=lambda: Histogram(REQUEST_BUCKETS))
     prefill_computed: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))
+    prompt: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))  # per request

@@ -50,6 +50,8 @@ class EndpointMetrics:
     ttft_count: float = 0.0
     itl_seconds: float = 0.0
     itl_count: float = 0.0
+    prompt_tokens: float = 0.0  # prompt tokens of finished requests (sum), and their count
+    prompt_count: float = 0.0
     scraped_at: float = 0.0  # time.monotonic() of the scrape; 0 = never scraped
 
 

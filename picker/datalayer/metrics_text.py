@@ -132,6 +132,10 @@ class MetricNames:
     ttft_count: str = ""
     itl_seconds: str = ""
     itl_count: str = ""
+    # Prompt tokens per request (sum, count): the pod's tokenizer against picker's
+    # estimate, so predictions count tokens as the pod does.
+    prompt_tokens: str = ""
+    prompt_count: str = ""
 
     def __post_init__(self) -> None:
         kv: object = self.kv_usage
@@ -159,6 +163,8 @@ _COUNTERS = (
     "ttft_count",
     "itl_seconds",
     "itl_count",
+    "prompt_tokens",
+    "prompt_count",
 )
 
 # sample name -> [(field id, kv alternative index, spec)]
@@ -388,6 +394,8 @@ MODEL_SERVERS: dict[str, MetricNames] = {
         ttft_count="vllm:time_to_first_token_seconds_count",
         itl_seconds="vllm:inter_token_latency_seconds_sum",
         itl_count="vllm:inter_token_latency_seconds_count",
+        prompt_tokens="vllm:request_prompt_tokens_sum",
+        prompt_count="vllm:request_prompt_tokens_count",
     ),
     "sglang": MetricNames(
         waiting="sglang:num_queue_reqs",

@@ -160,6 +160,15 @@ class PodModel:
         s = m.ttft_seconds - last.ttft_seconds
         return s / t if t >= 1 and s > 0 else None
 
+    def prompt_mean(self, m: EndpointMetrics) -> float | None:
+        """Mean prompt tokens per request the pod counted since its previous scrape."""
+        last = self._last
+        if last is None:
+            return None
+        n = m.prompt_count - last.prompt_count
+        t = m.prompt_tokens - last.prompt_tokens
+        return t / n if n >= 1 and t > 0 else None
+
     def learn(self, m: EndpointMetrics) -> bool:
         """Updates from the deltas since the previous scrape; True if it learned."""
         last, self._last = self._last, m

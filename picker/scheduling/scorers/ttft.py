@@ -68,6 +68,8 @@ class _Pod:
         "at",
         "done",
         "duration",
+        "est_n",
+        "est_sum",
         "kv_done",
         "kv_sent",
         "mean_work",
@@ -92,6 +94,8 @@ class _Pod:
         self.kv_sent = 0.0
         self.kv_done = 0.0
         self.duration = 0.0
+        self.est_sum = 0.0  # picker's prompt-token estimates of the requests sent since
+        self.est_n = 0
 
     def advance(self, now: float) -> None:
         done = self.done + (now - self.at)
@@ -143,6 +147,10 @@ class PredictedLatency(DataProducer, Scorer):
         self._pool: PodModel | None = None  # the median learned pod: for pods that can't
         self._pool_mean: PodModel | None = None  # what idle pods' estimates fade into
         self._pool_at = 0.0
+        # Pod tokens per picker-estimated token (prompt text / chars_per_token): learned
+        # from the pods' prompt-token counters, shared by all pods (one model, one
+        # tokenizer); predictions count tokens as the pods do.
+        self.token_scale = 1.0
 
     # -- learning ---------------------------------------------------------------------
 
@@ -168,6 +176,12 @@ class PredictedLatency(DataProducer, Scorer):
         st.scraped_at = m.scraped_at
         before = st.model.samples
         observed = st.model.observed_ttft(m)
+        counted = st.model.prompt_mean(m)
+        if counted is not None and st.est_n and st.est_sum > 0:
+            sample = counted / (st.est_sum / st.est_n)
+            scale = self.token_scale + 0.2 * (sample - self.token_scale)
+            self.token_scale = min(max(scale, 0.1), 10.0)
+        st.est_sum, st.est_n = 0.0, 0
         if not st.model.learn(m) and self._pool_mean is not None and st.model.samples:
             st.model.relax(self._pool_mean, RELAX_RATE)
         address = endpoint.address
@@ -225,11 +239,17 @@ class PredictedLatency(DataProducer, Scorer):
             st = self.pod(address)
             reported = m.waiting * st.mean_work - (now - m.scraped_at)
             ahead = max(ahead, reported)
-        tokens = request.uncached_tokens(address)
+        tokens = self.tokens(request, address)
         own = model.prefill_seconds(tokens, running)
         return model.overhead + ahead + own + self.kv_wait(endpoint, tokens, running)
 
-    def kv_wait(self, endpoint: Endpoint, tokens: int, running: int) -> float:
+    def tokens(self, request: InferenceRequest, address: str) -> float:
+        """The request's uncached prompt tokens on ``address``, in the pod's tokens."""
+        if request.token_ids is not None:
+            return float(request.uncached_tokens(address))  # exact already
+        return request.uncached_tokens(address) * self.token_scale
+
+    def kv_wait(self, endpoint: Endpoint, tokens: float, running: int) -> float:
         """Seconds ``tokens`` more KV would wait for free blocks on ``endpoint``.
 
         vLLM admits a request only when its blocks fit. The pod's last reported usage,
@@ -294,11 +314,15 @@ class PredictedLatency(DataProducer, Scorer):
         address = endpoint.address
         st = self.pod(address)
         running = max(endpoint.metrics.running, endpoint.inflight)
-        work = self.model_of(address).prefill_seconds(request.uncached_tokens(address), running)
+        tokens = self.tokens(request, address)
+        work = self.model_of(address).prefill_seconds(tokens, running)
         st.advance(now)
         st.sent += work
         st.mean_work += 0.05 * (work - st.mean_work)
-        st.kv_sent += request.uncached_tokens(address)
+        st.kv_sent += tokens
+        if request.token_ids is None:
+            st.est_sum += request.prompt_tokens
+            st.est_n += 1
         pred = request.latency
         if pred is None:
             return
@@ -318,7 +342,8 @@ class PredictedLatency(DataProducer, Scorer):
         st = self.pod(endpoint.address)
         running = max(endpoint.metrics.running, endpoint.inflight)
         st.advance(self._clock())
-        st.sent += self.model_of(endpoint.address).prefill_seconds(tokens, running)
+        work = self.model_of(endpoint.address).prefill_seconds(tokens * self.token_scale, running)
+        st.sent += work
 
     def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
         pred = request.latency
@@ -329,7 +354,9 @@ class PredictedLatency(DataProducer, Scorer):
         st.advance(now)
         if pred.position > st.done:
             st.done = min(pred.position, st.sent)
-        st.kv_done += request.prompt_tokens
+        st.kv_done += request.prompt_tokens * (
+            1.0 if request.token_ids is not None else self.token_scale
+        )
         took = now - pred.sent_at
         st.duration = took if not st.duration else st.duration + 0.1 * (took - st.duration)
 

@@ -79,6 +79,8 @@ def reference(text: str, names: MetricNames, now: float = 5.0) -> EndpointMetric
         ttft_count=total(names.ttft_count),
         itl_seconds=total(names.itl_seconds),
         itl_count=total(names.itl_count),
+        prompt_tokens=total(names.prompt_tokens),
+        prompt_count=total(names.prompt_count),
         scraped_at=now,
     )
 

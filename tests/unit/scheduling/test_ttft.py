@@ -25,7 +25,12 @@ class Clock:
 
 
 def plugin(clock: Clock, **extra: object) -> PredictedLatency:
-    raw = {"tokens_per_second": 10000, "overhead_s": 0.01, "request_s": 0.0, "tolerance": 0.0}
+    raw: dict[str, object] = {
+        "tokens_per_second": 10000,
+        "overhead_s": 0.01,
+        "request_s": 0.0,
+        "tolerance": 0.0,
+    }
     raw.update(extra)
     return PredictedLatency("ttft", Params(raw), Handle(metrics=Metrics()), clock)
 
@@ -186,6 +191,29 @@ def test_pods_closer_than_the_tolerance_tie() -> None:
     assert s2.score(req(100), [a, b]) == [1.0, 1.0]
     s2.on_pick(req(50), a)  # 5.5 ms queued on 20 ms: past 10 % + 2 ms
     assert s2.score(req(100), [a, b])[0] < 1.0
+
+
+def test_tokens_are_counted_as_the_pods_count_them() -> None:
+    # picker estimates 100 tokens per prompt (text / chars_per_token); the pod's
+    # tokenizer makes 400 of them: predictions must use 400.
+    clock = Clock()
+    s = plugin(clock)
+    pod = Endpoint("10.0.0.1:8000")
+    m = EndpointMetrics(scraped_at=1.0)
+    for i in range(30):
+        pod.metrics = m
+        for _ in range(5):
+            r = req(100)
+            s.produce(r, [pod])
+            s.on_pick(r, pod)
+            s.on_done(r, pod, True)
+        m = scrape(m, 2.0 + i, prompt_count=5, prompt_tokens=5 * 400)
+    pod.metrics = m
+    s.produce(req(100), [pod])
+    assert s.token_scale == pytest.approx(4.0, rel=0.02)
+    assert s.predict(req(100), pod, clock.t) == pytest.approx(0.01 + 400 / 10000, rel=0.02)
+    exact = InferenceRequest(model="m", prompt_tokens=100, token_ids=list(range(100)))
+    assert s.predict(exact, pod, clock.t) == pytest.approx(0.01 + 100 / 10000, rel=0.02)
 
 
 def test_latency_targets_avoid_pods_predicted_to_miss_them() -> None:
