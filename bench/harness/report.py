@@ -112,12 +112,18 @@ def spread_markdown(results: Sequence[dict[str, Any]]) -> str:
         return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
     lines = [
-        "| target | workload | rate/s | repeats | TTFT p50 ms | TTFT p90 ms | prefix hit % |",
-        "|---|---|---|---|---|---|---|",
+        "| target | workload | rate/s | repeats | TTFT p50 ms | TTFT p90 ms | prefix hit % "
+        "| pod time polled % | pred. error p50 % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (target, workload, rate), rs in groups.items():
         p50 = span([(r.get("ttft") or {}).get("p50") for r in rs], 1e3, "{:.1f}")
         p90 = span([(r.get("ttft") or {}).get("p90") for r in rs], 1e3, "{:.1f}")
         hit = span([r.get("prefix_hit_rate") for r in rs], 100, "{:.1f}")
-        lines.append(f"| {target} | {workload} | {rate} | {len(rs)} | {p50} | {p90} | {hit} |")
+        obs = span([r.get("observation_share") for r in rs], 100, "{:.2f}")
+        ape = span([(r.get("prediction_ape") or {}).get("p50") for r in rs], 100, "{:.0f}")
+        lines.append(
+            f"| {target} | {workload} | {rate} | {len(rs)} | {p50} | {p90} | {hit} | {obs} "
+            f"| {ape} |"
+        )
     return "\n".join(lines)
