@@ -45,6 +45,15 @@ DEFAULT_CHARS_PER_TOKEN = 4.0
 
 
 @dataclass
+class TokenScale:
+    """The model servers' tokens per token picker estimates from text
+    (``chars_per_token``): learned by the latency model from the pods' prompt-token
+    counters, read by whoever turns text into tokens (the prefix index's capacity)."""
+
+    value: float = 1.0
+
+
+@dataclass
 class Handle:
     """Services shared by all plugins of one picker."""
 
@@ -52,6 +61,7 @@ class Handle:
     metrics: Metrics = field(default_factory=Metrics)
     chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
     rng: random.Random = field(default_factory=random.Random)
+    token_scale: TokenScale = field(default_factory=TokenScale)
 
 
 class Params:

@@ -35,7 +35,7 @@ import xxhash
 
 from picker.datalayer.datastore import Endpoint
 from picker.request.types import InferenceRequest, PrefixMatch
-from picker.scheduling.framework import DataProducer, Handle, Params, Scorer
+from picker.scheduling.framework import DataProducer, Handle, Params, Scorer, TokenScale
 
 _HASH = xxhash.xxh3_64_intdigest
 
@@ -221,6 +221,7 @@ class PrefixScorer(DataProducer, Scorer):
         if min(sizes) <= 0 or self.double_every < 0:
             raise ValueError(f"plugin {self.name!r}: sizes must be positive")
         self.chars_per_token = handle.chars_per_token if handle else 4.0
+        self._scale = handle.token_scale if handle else TokenScale()
         self._size_gauge = handle.metrics.prefix_indexer_size if handle else None
         self.index = PrefixIndex(capacity)
 
@@ -260,7 +261,9 @@ class PrefixScorer(DataProducer, Scorer):
     def _sync_capacity(self, e: Endpoint) -> None:
         m = e.metrics
         if m.num_blocks and m.block_size:
-            chars = m.num_blocks * m.block_size * self.chars_per_token
+            # The pod's tokens, in text: chars_per_token / the learned pod tokens per
+            # estimated token (a tokenizer denser than chars_per_token holds less text).
+            chars = m.num_blocks * m.block_size * self.chars_per_token / self._scale.value
             self.index.capacity_for[e.address] = max(1, int(chars // self.block_chars))
 
     def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:

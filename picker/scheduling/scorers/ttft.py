@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from picker.datalayer.datastore import Endpoint
 from picker.observability import Metrics
 from picker.request.types import InferenceRequest, LatencyPrediction
-from picker.scheduling.framework import DataProducer, Handle, Params, Scorer
+from picker.scheduling.framework import DataProducer, Handle, Params, Scorer, TokenScale
 from picker.scheduling.scorers.latency_model import PodModel, Priors
 
 TTFT_HEADER = "x-picker-predicted-ttft-ms"
@@ -149,8 +149,8 @@ class PredictedLatency(DataProducer, Scorer):
         self._pool_at = 0.0
         # Pod tokens per picker-estimated token (prompt text / chars_per_token): learned
         # from the pods' prompt-token counters, shared by all pods (one model, one
-        # tokenizer); predictions count tokens as the pods do.
-        self.token_scale = 1.0
+        # tokenizer) and with the prefix index; predictions count tokens as pods do.
+        self._scale = handle.token_scale if handle is not None else TokenScale()
 
     # -- learning ---------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ class PredictedLatency(DataProducer, Scorer):
         if counted is not None and st.est_n and st.est_sum > 0:
             sample = counted / (st.est_sum / st.est_n)
             scale = self.token_scale + 0.2 * (sample - self.token_scale)
-            self.token_scale = min(max(scale, 0.1), 10.0)
+            self._scale.value = min(max(scale, 0.1), 10.0)
         st.est_sum, st.est_n = 0.0, 0
         if not st.model.learn(m) and self._pool_mean is not None and st.model.samples:
             st.model.relax(self._pool_mean, RELAX_RATE)
@@ -242,6 +242,10 @@ class PredictedLatency(DataProducer, Scorer):
         tokens = self.tokens(request, address)
         own = model.prefill_seconds(tokens, running)
         return model.overhead + ahead + own + self.kv_wait(endpoint, tokens, running)
+
+    @property
+    def token_scale(self) -> float:
+        return self._scale.value
 
     def tokens(self, request: InferenceRequest, address: str) -> float:
         """The request's uncached prompt tokens on ``address``, in the pod's tokens."""

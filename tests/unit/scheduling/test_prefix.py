@@ -186,3 +186,19 @@ def test_capacity_follows_pod_kv_size() -> None:
     for i in range(20):
         send(scorer, _req(f"{i:04d}" * 100), pod)
     assert scorer.index.blocks_on(pod.address) == 10
+
+
+def test_a_pods_capacity_counts_its_tokens_as_the_pod_does() -> None:
+    # 28 blocks x 128 tokens; at 4 chars per token that is 14,336 characters, but when
+    # the pods' tokenizer makes 4x as many tokens of the same text, a quarter of it.
+    handle = Handle()
+    scorer = PrefixScorer("prefix", Params({"block_chars": 128}), handle)
+    pod = Endpoint("10.0.0.1:8000")
+    pod.metrics = EndpointMetrics(num_blocks=28, block_size=128)
+    r = InferenceRequest(model="m", prompt="x" * 300)
+    scorer.produce(r, [pod])
+    scorer.on_pick(r, pod)
+    assert scorer.index.capacity_for[pod.address] == 14336 // 128
+    handle.token_scale.value = 4.0
+    scorer.on_pick(r, pod)
+    assert scorer.index.capacity_for[pod.address] == 14336 // 4 // 128
