@@ -2,7 +2,7 @@
 at a time, and the :class:`~bench.sim.latency.LatencyModel` fitted to it; and
 :class:`Observer`, the ``/metrics`` poller of its runs.
 
-Per prompt size (128-3072 tokens, 3 repeats, medians), a cold prompt and the same prompt
+Per prompt size (128-3072 tokens, 5 repeats, medians), a cold prompt and the same prompt
 again (cached: all full blocks but the last token's hit, as in vLLM), each with
 ``max_tokens`` 1; for each, the client's TTFT and the engine's own prefill time (the
 pod's ``vllm:request_prefill_time_seconds``, first scheduled to first token: one step
@@ -39,10 +39,11 @@ import aiohttp
 
 from bench.harness import podmetrics
 from bench.harness.workloads import COMPLETIONS
-from bench.sim.latency import attention_pairs
+from bench.sim.latency import LatencyModel, attention_pairs
 from bench.stack.client import Outcome, send
 
 SIZES = (128, 512, 1024, 2048, 3072)
+REPEATS = 5  # medians of 5: a 2-core machine's timings scatter by 10-15 %
 # the engine's own per-request times (engine-core timestamps, recorded at finish)
 PREFILL = "vllm:request_prefill_time_seconds"  # first scheduled -> first token
 DECODE = "vllm:request_decode_time_seconds"  # first token -> last token
@@ -253,7 +254,7 @@ async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Ca
             await _engine_times(s, address)
             scrapes.append(time.perf_counter() - t0)
             await asyncio.sleep(0.05)
-        for _ in range(3):
+        for _ in range(REPEATS):
             for n in sizes:
                 prompt = text(rng, n - 1)  # + BOS = n tokens
                 cold[n].append(await _timed(s, address, prompt, model))
@@ -279,9 +280,28 @@ async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Ca
     )
 
 
+def model_ttft(latency: dict[str, float], n: int, cached: int) -> float:
+    """A lone request's TTFT by the LatencyModel ``latency``: front end + one step."""
+    lm = LatencyModel(**latency)
+    new = n - cached
+    step = lm.step_time(1, new, 0, n, attention_pairs(cached, new))
+    return lm.frontend_s + lm.frontend_work(n) + step
+
+
+def own_overhead(sim: dict[str, Any], latency: dict[str, float], block: int) -> float:
+    """The simulated pod's own time (its HTTP stack, Python, the client's): the median of
+    its measured lone TTFTs (:func:`sim_ttft`) over what its model says. The real pod's
+    fitted front end already contains the real equivalent, so the sim's counts twice."""
+    diffs: list[float] = [t - model_ttft(latency, n, 0) for n, t in sim["cold"].items()]
+    diffs += [
+        t - model_ttft(latency, n, (n - 1) // block * block) for n, t in sim["cached"].items()
+    ]
+    return statistics.median(diffs)
+
+
 async def sim_ttft(address: str, model: str, sizes: Sequence[int], seed: int = 8) -> dict[str, Any]:
     """The calibration's single-request TTFTs, repeated on the simulated pod (medians
-    of 3, one request at a time)."""
+    of 3, one request at a time; the sim's tokenizer adds no BOS: ``n`` words)."""
     rng = random.Random(f"calibrate:{seed}")
     url = f"http://{address}"
     cold: dict[int, list[float]] = {n: [] for n in sizes}

@@ -10,7 +10,7 @@ import pytest
 
 from bench import compare
 from bench.fidelity import comparison, table, workload
-from bench.fidelity_cal import Calibration, Observer, lstsq
+from bench.fidelity_cal import Calibration, Observer, lstsq, model_ttft, own_overhead
 from bench.harness.pods import RealPods
 from bench.sim import SimPodConfig, start_pods
 from bench.sim.latency import LatencyModel, attention_pairs
@@ -149,3 +149,14 @@ def test_real_pods_vllm_args() -> None:
         str(27 * 128),
     ]
     assert RealPods(num_blocks=0, extra_args=["--x"]).vllm_args() == ["--x"]
+
+
+def test_own_overhead_is_what_the_sim_adds_to_its_model() -> None:
+    latency = _cal().latency_kwargs()
+    sizes = (128, 1024, 3072)
+    sim = {
+        "cold": {n: model_ttft(latency, n, 0) + 0.0015 for n in sizes},
+        "cached": {n: model_ttft(latency, n, (n - 1) // 128 * 128) + 0.0015 for n in sizes},
+    }
+    assert own_overhead(sim, latency, 128) == pytest.approx(0.0015)
+    assert model_ttft(latency, 1024, 0) == pytest.approx(_cal().cold_ttft[1024], rel=0.02)
