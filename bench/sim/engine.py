@@ -44,7 +44,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from bench.sim.kvcache import BlockPool, block_hashes
-from bench.sim.latency import attention_pairs
+from bench.sim.latency import ApiServerLoop, attention_pairs
 from bench.sim.state import FINISHED, RUNNING, WAITING, EngineConfig, EngineStats, SimRequest
 
 __all__ = ["FINISHED", "RUNNING", "WAITING", "Engine", "EngineConfig", "EngineStats", "SimRequest"]
@@ -65,6 +65,7 @@ class Engine:
         self.stats = EngineStats()
         self.lora_info: dict[tuple[str, str], float] = {}  # (running, waiting) -> unix time
         self.on_step: Callable[[], None] | None = None
+        self.api_loop: ApiServerLoop | None = None  # the pod's, to stream tokens on
         self._ids = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -106,7 +107,7 @@ class Engine:
         """The pod's API server was busy for ``seconds`` (simulated) with something else,
         e.g. rendering ``/metrics``: on a real pod that time is taken from serving, so
         the next step (if the pod is working) ends that much later."""
-        if self.running or self.waiting:
+        if self.running or self.num_waiting:
             self._stall += seconds
 
     # ---- requests ----------------------------------------------------------------------
@@ -225,7 +226,8 @@ class Engine:
         sched = self._schedule(now)
         if not sched:
             return None
-        d = self._duration(sched)
+        d = self._duration(sched) + self._stall
+        self._stall = 0.0
         self._complete(sched, now + d)
         return d
 
@@ -322,6 +324,7 @@ class Engine:
         itl = stats.itl
         done = False
         stats.steps += 1
+        tokens = stats.generation_tokens
         for r, n in sched:
             if r.status != RUNNING:
                 continue  # aborted during the step
@@ -353,6 +356,12 @@ class Engine:
                 r.event.set()
         if done:
             self.running = [r for r in self.running if r.status == RUNNING]
+        lat = self.config.latency
+        if self.api_loop is not None and lat.frontend_per_output_token_s:
+            # the API server streams this step's tokens (detokenise, SSE) on its loop
+            work = lat.frontend_per_output_token_s * (stats.generation_tokens - tokens)
+            self.api_loop.occupy(t, work)
+            self.stall(lat.frontend_engine_share * work)
         if self.running_loras or self.waiting_loras or self.lora_info:
             self.note_lora_state()
         if self.on_step is not None:

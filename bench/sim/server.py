@@ -104,7 +104,8 @@ class SimPod:
     def __init__(self, config: SimPodConfig) -> None:
         self.config = config
         self.engine = Engine(config.engine_config())
-        self.api_loop = ApiServerLoop()  # front ends and /metrics renders, one at a time
+        self.api_loop = ApiServerLoop()  # front ends, renders, streaming: one at a time
+        self.engine.api_loop = self.api_loop
         self.exposition = Exposition(self.engine, config.model)
         self.exposition.observation = self._observation
         self.metrics_renders = 0  # /metrics answers that cost the pod (not the harness's)
@@ -282,8 +283,9 @@ class SimPod:
         # engine takes the request when it is through (in simulated time).
         lat = self.config.latency
         received = engine.now()
-        ready = self.api_loop.occupy(received, lat.frontend_work(sum(map(len, prompts))))
-        ready += lat.frontend_s
+        work = lat.frontend_work(sum(map(len, prompts)))
+        ready = self.api_loop.occupy(received, work) + lat.frontend_s
+        engine.stall(lat.frontend_engine_share * work)  # a working engine's loss, if any
         reqs = [
             engine.add_request(p, max_tokens, lora, event, f"{rid}-{i}", stream, ready, received)
             for i, p in enumerate(prompts)

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
 from bench import compare
 from bench.fidelity import comparison, table, workload
-from bench.fidelity_cal import Calibration, Observer, lstsq, model_ttft, own_overhead
+from bench.fidelity_cal import (
+    Calibration,
+    Observer,
+    cpu_seconds,
+    descendants,
+    lstsq,
+    model_ttft,
+    own_overhead,
+)
 from bench.harness.pods import RealPods
 from bench.sim import SimPodConfig, start_pods
 from bench.sim.latency import LatencyModel, attention_pairs
@@ -160,3 +171,27 @@ def test_own_overhead_is_what_the_sim_adds_to_its_model() -> None:
     }
     assert own_overhead(sim, latency, 128) == pytest.approx(0.0015)
     assert model_ttft(latency, 1024, 0) == pytest.approx(_cal().cold_ttft[1024], rel=0.02)
+
+
+def test_api_server_work_splits_the_fitted_front_end() -> None:
+    cal = _cal()
+    cal.api_work_s, cal.api_out_token_s, cal.engine_share = 0.002, 0.2e-3, 0.7
+    kw = cal.latency_kwargs()
+    assert kw["frontend_work_s"] == pytest.approx(0.002)
+    assert kw["frontend_s"] + kw["frontend_work_s"] == pytest.approx(FRONT)
+    assert kw["frontend_per_output_token_s"] == 0.2e-3 and kw["frontend_engine_share"] == 0.7
+    lm = LatencyModel(**kw)  # lone TTFTs unchanged: the work is part of the front end
+    assert model_ttft(kw, 1024, 0) == pytest.approx(cal.cold_ttft[1024], rel=0.02)
+    assert lm.frontend_work(1024) == pytest.approx(0.002 + FRONT_PER_TOKEN * 1024)
+    cal.api_work_s = 1.0  # more work than the whole fixed front end: capped
+    assert cal.latency_kwargs()["frontend_s"] == 0.0
+
+
+def test_process_cpu_and_descendants() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        assert child.pid in descendants(os.getpid())
+        assert cpu_seconds(os.getpid()) > 0
+    finally:
+        child.kill()
+        child.wait()

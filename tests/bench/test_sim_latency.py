@@ -191,3 +191,26 @@ async def test_step_after_a_short_idle_takes_its_full_wall_time() -> None:
             assert loop.time() - t0 >= 0.95 * step  # a lower bound: never faster
     finally:
         await engine.stop()
+
+
+def test_streamed_tokens_occupy_the_api_loop_and_a_share_of_the_engine() -> None:
+    lat = LatencyModel(frontend_per_output_token_s=1e-3, frontend_engine_share=0.5)
+    engine = Engine(EngineConfig(latency=lat))
+    loop = ApiServerLoop()
+    engine.api_loop = loop
+    reqs = [engine.add_request([i, 1, 2, 3], 3, arrival=0.0) for i in range(4)]
+    d = engine.step_virtual(0.0)  # the 4 prompts: 4 first tokens streamed at d
+    assert d is not None
+    assert loop.free_at == pytest.approx(d + 4e-3)
+    d2 = engine.step_virtual(d)  # 4 decodes, the next step also loses half the work
+    assert d2 == pytest.approx(lat.step_time(4, 0, 4, 4 * 5, 4 * 5) + 2e-3)
+    _drain(engine, d + (d2 or 0.0))
+    assert all(r.finished for r in reqs)
+    # without a share the engine loses nothing
+    free = Engine(EngineConfig(latency=LatencyModel(frontend_per_output_token_s=1e-3)))
+    free.api_loop = ApiServerLoop()
+    for i in range(4):
+        free.add_request([i, 1, 2, 3], 3, arrival=0.0)
+    d = free.step_virtual(0.0)
+    assert d is not None
+    assert free.step_virtual(d) == pytest.approx(lat.step_time(4, 0, 4, 4 * 5, 4 * 5))
