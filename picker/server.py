@@ -257,6 +257,7 @@ def _peer_exchange(
         metrics,
         layout=prefix_layout(profile),
         on_pick=profile.on_peer_pick,
+        on_done=profile.on_peer_done,
     )
     profile.add_plugin(PeerRecorder(exchange))
     return exchange

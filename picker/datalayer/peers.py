@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PeerDone = Callable[[Endpoint, int], None]
+"""``(endpoint, uncached tokens)``: a request a peer sent there ended."""
 PeerPick = Callable[[Endpoint, list[int], int], None]
 """``(endpoint, prefix block hashes, uncached tokens)``: a peer sent a request there
 (``tokens`` 0: a replayed pick, long done; see ``Plugin.on_peer_pick``)."""
@@ -92,9 +94,11 @@ class PeerTable:
         layout: int,
         metrics: Metrics,
         max_peers: int = 64,
+        on_done: PeerDone | None = None,
     ) -> None:
         self.datastore = datastore
         self.on_pick = on_pick
+        self.on_done = on_done
         self.nonce = nonce
         self.layout = layout
         self.metrics = metrics
@@ -211,6 +215,8 @@ class PeerTable:
                     self.on_pick(ep, r.hashes, r.tokens)
             else:
                 dones += 1
+                if ep in peer.inflight and self.on_done is not None:
+                    self.on_done(ep, r.tokens)
                 self._add(peer, ep, -1, -r.tokens)
         if picks:
             self.received("pick", picks)
@@ -258,6 +264,7 @@ class PeerExchange:
         *,
         layout: int,
         on_pick: PeerPick,
+        on_done: PeerDone | None = None,
     ) -> None:
         self.config = config
         self.datastore = datastore
@@ -273,6 +280,7 @@ class PeerExchange:
             layout=layout,
             metrics=metrics,
             max_peers=config.max_peers,
+            on_done=on_done,
         )
         self.warmed = asyncio.Event()  # replays in from every endpoint, or warmup passed
         self._buf = bytearray()

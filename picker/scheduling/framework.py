@@ -20,8 +20,9 @@ overrides (decided once, when the profile is built):
 * ``start``/``stop``: background work (e.g. subscribing to KV events);
 * ``produce``: compute data for the request once, before any scorer (``DataProducer``);
 * ``on_pick``/``on_done``: learn from decisions and outcomes;
-* ``on_peer_pick``: another picker replica sent a request to a pod (active-active
-  replicas, ``picker.datalayer.peers``): learn from it as from an own pick;
+* ``on_peer_pick``/``on_peer_done``: another picker replica sent a request to a pod,
+  or its response ended (active-active replicas, ``picker.datalayer.peers``): learn
+  from them as from own picks;
 * ``on_endpoint_removed``: a pod left the datastore (discovery): forget what is kept
   about it, so per-pod state does not outlive the pod;
 * ``response_headers``: headers to add to the client's response, given the endpoint the
@@ -174,6 +175,10 @@ class Plugin:
         blocks as the ``prefix`` plugin computes them (same layout), ``tokens`` its
         estimated uncached prompt tokens there (>= 1); 0 for a pick replayed to a new
         replica: the pod holds the prefix, but the request is long done (no load)."""
+
+    def on_peer_done(self, endpoint: Endpoint, tokens: int) -> None:
+        """A request a peer replica sent to ``endpoint`` ended (``tokens``: its estimated
+        uncached prompt tokens)."""
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         """``endpoint`` was removed from the datastore and will never be a candidate again

@@ -68,6 +68,7 @@ class Profile:
     _removal_observers: list[Plugin] = field(default_factory=list)
     _header_writers: list[Plugin] = field(default_factory=list)
     _peer_observers: list[Plugin] = field(default_factory=list)
+    _peer_done_observers: list[Plugin] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._header_writers = [p for p in self.plugins if overrides(p, "response_headers")]
@@ -75,6 +76,7 @@ class Profile:
         self._done_observers = [p for p in self.plugins if overrides(p, "on_done")]
         self._removal_observers = [p for p in self.plugins if overrides(p, "on_endpoint_removed")]
         self._peer_observers = [p for p in self.plugins if overrides(p, "on_peer_pick")]
+        self._peer_done_observers = [p for p in self.plugins if overrides(p, "on_peer_done")]
 
     def add_plugin(self, plugin: Plugin) -> None:
         """Adds a plugin that only observes (hooks, no filter/scorer role), e.g. the
@@ -111,6 +113,10 @@ class Profile:
     def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
         for o in self._peer_observers:
             o.on_peer_pick(endpoint, hashes, tokens)
+
+    def on_peer_done(self, endpoint: Endpoint, tokens: int) -> None:
+        for o in self._peer_done_observers:
+            o.on_peer_done(endpoint, tokens)
 
     @property
     def writes_response_headers(self) -> bool:

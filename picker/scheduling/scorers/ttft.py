@@ -39,6 +39,7 @@ prediction for the pod that served).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from picker.datalayer.datastore import Endpoint
@@ -74,6 +75,7 @@ class _Pod:
         "kv_sent",
         "mean_work",
         "model",
+        "peer_positions",
         "pred_n",
         "pred_sum",
         "scraped_at",
@@ -81,6 +83,10 @@ class _Pod:
     )
 
     def __init__(self, priors: Priors) -> None:
+        # Positions of peer replicas' requests (``peers``), oldest first: a peer's
+        # response end proves its oldest one prefilled (bounded; a lost end is drained
+        # by time like everything else).
+        self.peer_positions: deque[float] = deque(maxlen=4096)
         self.model = PodModel(priors)
         self.sent = 0.0
         self.done = 0.0
@@ -348,6 +354,18 @@ class PredictedLatency(DataProducer, Scorer):
         st.advance(self._clock())
         work = self.model_of(endpoint.address).prefill_seconds(tokens * self.token_scale, running)
         st.sent += work
+        st.peer_positions.append(st.sent)
+
+    def on_peer_done(self, endpoint: Endpoint, tokens: int) -> None:
+        """A peer's request there ended: its oldest one there is certainly prefilled,
+        so is everything before it (as an own response end proves its position)."""
+        st = self._pods.get(endpoint.address)
+        if st is None or not st.peer_positions:
+            return
+        position = st.peer_positions.popleft()
+        st.advance(self._clock())
+        if position > st.done:
+            st.done = min(position, st.sent)
 
     def on_done(self, request: InferenceRequest, endpoint: Endpoint, ok: bool) -> None:
         pred = request.latency

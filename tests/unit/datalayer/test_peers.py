@@ -24,9 +24,11 @@ class Net:
         self.ds = Datastore([Pool("p", [self.a, self.b])])
         self.metrics = Metrics()
         self.picks: list[tuple[str, list[int], int]] = []
+        self.dones: list[tuple[str, int]] = []
         self.table = PeerTable(
             self.ds,
             lambda ep, h, t: self.picks.append((ep.address, h, t)),
+            on_done=lambda ep, t: self.dones.append((ep.address, t)),
             nonce=ME,
             layout=LAYOUT,
             metrics=self.metrics,
@@ -83,6 +85,7 @@ def test_a_done_never_takes_off_more_than_the_peer_added() -> None:
     net.a.inflight = 5  # own
     net.send(9, 1, pick(A, 10), done(A, 10), done(A, 10), done(A, 999), done(B, 3))
     assert net.a.inflight == 5 and net.a.inflight_tokens == 0 and net.b.inflight == 0
+    assert net.dones == [(A, 10)]  # the plugins hear of the one request that was there
     assert net.table.folded == {} and net.table.peers[9].inflight == {}
 
 

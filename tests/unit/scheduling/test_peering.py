@@ -87,3 +87,31 @@ def test_a_peer_pick_joins_the_predicted_ttft_backlog() -> None:
     assert ttft.backlog(PODS[0].address, now[0]) == pytest.approx(first - 0.25)
     ttft.on_peer_pick(PODS[1], [1, 2], 0)  # a replayed pick: no load
     assert ttft.backlog(PODS[1].address, now[0]) == 0.0
+
+
+def test_a_peers_response_end_proves_its_oldest_request_prefilled() -> None:
+    from picker.scheduling.scorers.ttft import PredictedLatency
+
+    now = [100.0]
+    ttft = PredictedLatency(clock=lambda: now[0])
+    ttft.on_peer_pick(PODS[0], [1], 33000)
+    one = ttft.backlog(PODS[0].address, now[0])
+    ttft.on_peer_pick(PODS[0], [2], 33000)
+    assert ttft.backlog(PODS[0].address, now[0]) == pytest.approx(2 * one)
+    ttft.on_peer_done(PODS[0], 33000)  # the first one ended: it and all before it are done
+    assert ttft.backlog(PODS[0].address, now[0]) == pytest.approx(one)
+    ttft.on_peer_done(PODS[0], 33000)
+    ttft.on_peer_done(PODS[0], 33000)  # more ends than picks: nothing below zero
+    assert ttft.backlog(PODS[0].address, now[0]) == 0.0
+    ttft.on_peer_done(PODS[1], 5)  # a pod it never heard of
+    assert ttft.backlog(PODS[1].address, now[0]) == 0.0
+
+
+def test_peer_hooks_reach_the_plugins_that_implement_them() -> None:
+    profile = build_profile({"scorers": {"prefix": 1, "predicted_latency": 1}})
+    names = {type(p).__name__ for p in profile._peer_done_observers}
+    assert names == {"PredictedLatency"}
+    assert {type(p).__name__ for p in profile._peer_observers} == {
+        "PrefixScorer",
+        "PredictedLatency",
+    }
