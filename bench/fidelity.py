@@ -73,7 +73,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.fidelity_cal import Calibration, Observer, calibrate, own_overhead, sim_ttft, text
+from bench.fidelity_cal import (
+    Calibration,
+    Observer,
+    OtherLoad,
+    calibrate,
+    own_overhead,
+    sim_ttft,
+    text,
+)
 from bench.harness import podmetrics
 from bench.harness.pods import reset_prefix_cache, start_vllm_with_stats, token_count, warm_up
 from bench.harness.runner import drive
@@ -130,6 +138,7 @@ def workload(
 
 async def measure(address: str, specs: list[RequestSpec], scrape: bool) -> dict[str, Any]:
     before = await podmetrics.snapshot([address])
+    others = OtherLoad()
     stop = asyncio.Event()
     observer = Observer(address)
     task = asyncio.create_task(observer.run(stop)) if scrape else None
@@ -147,6 +156,7 @@ async def measure(address: str, specs: list[RequestSpec], scrape: bool) -> dict[
     summary["ttft_p50_cold"] = percentile(
         [r.outcome.ttft for r in cold if r.outcome.ttft is not None], 50
     )
+    summary["other_load"] = others.share()
     summary["scrapes"] = observer.scrapes
     summary["scrape_ms"] = observer.seconds / observer.scrapes * 1e3 if observer.scrapes else None
     return summary
@@ -266,9 +276,10 @@ def comparison(rows: list[dict[str, Any]]) -> str:
     """Real / sim TTFT p50 and p90 per rate, with the sim's error relative to real."""
     by = {(r["rate"], r["backend"]): r["summary"] for r in rows}
     lines = [
-        "| rate/s | TTFT p50 real / sim (err) | TTFT p90 real / sim (err) | scrapes real / sim |"
+        "| rate/s | TTFT p50 real / sim (err) | TTFT p90 real / sim (err) "
+        "| scrapes real / sim | other load % (real run) |",
+        "|---|---|---|---|---|",
     ]
-    lines.append("|---|---|---|---|")
     for rate in sorted({r["rate"] for r in rows}):
         real, sim = by.get((rate, "real")), by.get((rate, "sim"))
         if real is None or sim is None:
@@ -280,7 +291,8 @@ def comparison(rows: list[dict[str, Any]]) -> str:
             cells.append(f"{_ms(a)} / {_ms(b)} ({err})")
         lines.append(
             f"| {rate:g} | {cells[0]} | {cells[1]} "
-            f"| {real.get('scrapes', 0)} / {sim.get('scrapes', 0)} |"
+            f"| {real.get('scrapes', 0)} / {sim.get('scrapes', 0)} "
+            f"| {_pct(real.get('other_load'))} |"
         )
     return "\n".join(lines)
 
@@ -348,7 +360,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{backend} @{rate:g}/s: {summary['ok']}/{summary['requests']} ok, "
                     f"TTFT p50/p90 {_ms(ttft['p50'])}/{_ms(ttft['p90'])} ms, "
                     f"hit {_pct(summary.get('prefix_hit_rate'))} %, "
-                    f"{summary['scrapes']} scrapes\n"
+                    f"{summary['scrapes']} scrapes, other load "
+                    f"{summary['other_load'] * 100:.0f} %\n"
                 )
     return {
         "meta": {

@@ -103,6 +103,7 @@ class Calibration:
     api_work_s: float = 0.0  # per request, fixed
     api_out_token_s: float = 0.0  # per streamed token
     engine_share: float = 0.0  # the machine's share the busy engine takes (its CPU / cores)
+    other_load: float = 0.0  # other processes' share of the CPUs meanwhile (disturbance)
     block: int = 128
 
     def points(self) -> list[tuple[int, int, float, float]]:
@@ -178,7 +179,8 @@ class Calibration:
             f"{self.itl_batch8_s * 1e3:.2f} ms; /metrics {self.scrape_s * 1e3:.1f} ms; API "
             f"server CPU {self.api_work_s * 1e3:.2f} ms per request + "
             f"{self.api_out_token_s * 1e3:.2f} ms per streamed token; busy engine "
-            f"{self.engine_share * 100:.0f} % of the CPUs"
+            f"{self.engine_share * 100:.0f} % of the CPUs; other load "
+            f"{self.other_load * 100:.0f} %"
         )
 
 
@@ -260,6 +262,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class OtherLoad:
+    """The share of the machine's CPUs that processes other than this one and its
+    children (the pods under test) used since construction: other people's work."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        busy = sum(int(cpu[i]) for i in (0, 1, 2, 5, 6, 7)) / tick  # all but idle, iowait
+        ours = 0.0
+        for pid in [os.getpid(), *descendants(os.getpid())]:
+            with contextlib.suppress(OSError):
+                ours += cpu_seconds(pid)
+        return busy, ours, time.monotonic()
+
+    def share(self) -> float:
+        busy0, ours0, t0 = self.start
+        busy, ours, t = self._sample()
+        wall = max(t - t0, 1e-9) * (os.cpu_count() or 1)
+        return max(0.0, (busy - busy0) - (ours - ours0)) / wall
+
+
 def descendants(pid: int) -> list[int]:
     """``pid``'s child processes, recursively (Linux ``/proc``)."""
     children: dict[int, list[int]] = {}
@@ -303,6 +330,7 @@ async def calibrate(
     address: str, model: str, max_len: int, seed: int = 7, api_pid: int | None = None
 ) -> Calibration:
     rng = random.Random(f"calibrate:{seed}")
+    others = OtherLoad()
     sizes = [n for n in SIZES if n + 16 < max_len]
     cold: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
     cached: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
@@ -340,6 +368,7 @@ async def calibrate(
         api_work_s=work[0],
         api_out_token_s=work[1],
         engine_share=work[2],
+        other_load=others.share(),
     )
 
 

@@ -16,6 +16,7 @@ from bench.fidelity import comparison, table, workload
 from bench.fidelity_cal import (
     Calibration,
     Observer,
+    OtherLoad,
     cpu_seconds,
     descendants,
     lstsq,
@@ -101,14 +102,14 @@ async def test_observer_polls_and_the_sim_charges_it() -> None:
 
 def test_comparison_reports_relative_error() -> None:
     def summary(p50: float, p90: float) -> dict[str, object]:
-        return {"ttft": {"p50": p50, "p90": p90}, "scrapes": 30}
+        return {"ttft": {"p50": p50, "p90": p90}, "scrapes": 30, "other_load": 0.05}
 
     rows = [
         {"rate": 4.0, "backend": "real", "summary": summary(0.025, 0.040)},
         {"rate": 4.0, "backend": "sim", "summary": summary(0.030, 0.036)},
     ]
     out = comparison(rows)
-    assert "| 4 | 25 / 30 (+20 %) | 40 / 36 (-10 %) | 30 / 30 |" in out
+    assert "| 4 | 25 / 30 (+20 %) | 40 / 36 (-10 %) | 30 / 30 | 5.0 |" in out
 
 
 def test_workload_is_seeded_and_mixes_cold_prompts() -> None:
@@ -195,3 +196,10 @@ def test_process_cpu_and_descendants() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_other_load_does_not_count_our_children() -> None:
+    load = OtherLoad()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert 0.0 <= load.share() <= 1.0
