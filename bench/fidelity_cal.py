@@ -274,7 +274,8 @@ class OtherLoad:
         tick = os.sysconf("SC_CLK_TCK")
         cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         busy = sum(int(cpu[i]) for i in (0, 1, 2, 5, 6, 7)) / tick  # all but idle, iowait
-        ours = 0.0
+        t = os.times()
+        ours = t.children_user + t.children_system  # children that have exited
         for pid in [os.getpid(), *descendants(os.getpid())]:
             with contextlib.suppress(OSError):
                 ours += cpu_seconds(pid)

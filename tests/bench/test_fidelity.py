@@ -202,4 +202,6 @@ def test_other_load_does_not_count_our_children() -> None:
     load = OtherLoad()
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
     subprocess.run([sys.executable, "-c", burn], check=True)
+    _, ours, _ = OtherLoad._sample()
+    assert ours - load.start[1] >= 0.25  # the exited child is ours, not other load
     assert 0.0 <= load.share() <= 1.0
