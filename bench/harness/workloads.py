@@ -190,17 +190,24 @@ def shared_prefix(
 ) -> list[RequestSpec]:
     """``n`` requests drawn uniformly from ``groups`` x ``prompts_per_group`` prompts."""
     rng = random.Random(f"shared_prefix:{seed}")
-    systems = [f"group {g}: " + words(rng, system_len) for g in range(groups)]
-    prompts = [
-        (g, systems[g] + "\nQuestion: " + words(rng, question_len))
-        for g in range(groups)
-        for _ in range(prompts_per_group)
-    ]
+    questions = _group_prompts(rng, groups, prompts_per_group, system_len, question_len)
+    prompts = [(g, q) for g in range(groups) for q in questions[g]]
     out = []
     for _ in range(n):
         g, prompt = rng.choice(prompts)
         out.append(RequestSpec(COMPLETIONS, _completion(model, prompt, output_len), group=f"g{g}"))
     return out
+
+
+def _group_prompts(
+    rng: random.Random, groups: int, per_group: int, system_len: int, question_len: int
+) -> list[list[str]]:
+    """``per_group`` prompts per group, each group's sharing one system prompt."""
+    systems = [f"group {g}: " + words(rng, system_len) for g in range(groups)]
+    return [
+        [systems[g] + "\nQuestion: " + words(rng, question_len) for _ in range(per_group)]
+        for g in range(groups)
+    ]
 
 
 def hot_prefix(
@@ -218,11 +225,7 @@ def hot_prefix(
     """Skewed popularity: one system prompt carries ``hot_share`` of the requests, the
     other ``groups - 1`` share the rest evenly (a prefix too hot for one pod)."""
     rng = random.Random(f"hot_prefix:{seed}")
-    systems = [f"group {g}: " + words(rng, system_len) for g in range(groups)]
-    questions = [
-        [systems[g] + "\nQuestion: " + words(rng, question_len) for _ in range(prompts_per_group)]
-        for g in range(groups)
-    ]
+    questions = _group_prompts(rng, groups, prompts_per_group, system_len, question_len)
     out = []
     for _ in range(n):
         g = 0 if rng.random() < hot_share else rng.randrange(1, groups)

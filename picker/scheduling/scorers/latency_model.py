@@ -151,23 +151,22 @@ class PodModel:
         d = self.tpot.theta
         return d[0] + d[1] * running
 
-    def observed_ttft(self, m: EndpointMetrics) -> float | None:
-        """Mean TTFT the pod reported between its previous scrape and ``m``."""
+    def _mean_since(self, m: EndpointMetrics, total: str, count: str) -> float | None:
+        """A histogram's mean over the samples between the previous scrape and ``m``."""
         last = self._last
         if last is None:
             return None
-        t = m.ttft_count - last.ttft_count
-        s = m.ttft_seconds - last.ttft_seconds
-        return s / t if t >= 1 and s > 0 else None
+        n = getattr(m, count) - getattr(last, count)
+        t = getattr(m, total) - getattr(last, total)
+        return float(t / n) if n >= 1 and t > 0 else None
+
+    def observed_ttft(self, m: EndpointMetrics) -> float | None:
+        """Mean TTFT the pod reported between its previous scrape and ``m``."""
+        return self._mean_since(m, "ttft_seconds", "ttft_count")
 
     def prompt_mean(self, m: EndpointMetrics) -> float | None:
         """Mean prompt tokens per request the pod counted since its previous scrape."""
-        last = self._last
-        if last is None:
-            return None
-        n = m.prompt_count - last.prompt_count
-        t = m.prompt_tokens - last.prompt_tokens
-        return t / n if n >= 1 and t > 0 else None
+        return self._mean_since(m, "prompt_tokens", "prompt_count")
 
     def learn(self, m: EndpointMetrics) -> bool:
         """Updates from the deltas since the previous scrape; True if it learned."""
