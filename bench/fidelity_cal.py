@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from bench.sim.latency import LatencyModel, attention_pairs
 from bench.stack.client import Outcome, send
 
 SIZES = (128, 512, 1024, 2048, 3072)
+LN2 = math.log(2)  # an exponential's median over its mean
 REPEATS = 5  # medians of 5: a 2-core machine's timings scatter by 10-15 %
 # the engine's own per-request times (engine-core timestamps, recorded at finish)
 PREFILL = "vllm:request_prefill_time_seconds"  # first scheduled -> first token
@@ -104,6 +106,7 @@ class Calibration:
     api_out_token_s: float = 0.0  # per streamed token
     engine_share: float = 0.0  # the machine's share the busy engine takes (its CPU / cores)
     other_load: float = 0.0  # other processes' share of the CPUs meanwhile (disturbance)
+    jitter_s: float = 0.0  # mean excess of a lone TTFT over its repeats' median (<= 1k)
     block: int = 128
 
     def points(self) -> list[tuple[int, int, float, float]]:
@@ -161,7 +164,8 @@ class Calibration:
             "step_overhead_s": overhead,
             "per_seq_overhead_s": per_seq,
             "prefill_overhead_s": max(0.0, e0 - overhead - per_seq),
-            "frontend_s": fixed - min(fixed, self.api_work_s),
+            "frontend_s": max(0.0, fixed - min(fixed, self.api_work_s) - LN2 * self.jitter_s),
+            "frontend_jitter_s": self.jitter_s,
             "frontend_per_token_s": frontend_per_token,
             "frontend_work_s": min(fixed, self.api_work_s),
             "frontend_per_output_token_s": self.api_out_token_s,
@@ -180,7 +184,7 @@ class Calibration:
             f"server CPU {self.api_work_s * 1e3:.2f} ms per request + "
             f"{self.api_out_token_s * 1e3:.2f} ms per streamed token; busy engine "
             f"{self.engine_share * 100:.0f} % of the CPUs; other load "
-            f"{self.other_load * 100:.0f} %"
+            f"{self.other_load * 100:.0f} %; jitter {self.jitter_s * 1e3:.1f} ms"
         )
 
 
@@ -356,6 +360,8 @@ async def calibrate(
     def med(d: dict[int, list[tuple[float, float]]], i: int) -> dict[int, float]:
         return {n: statistics.median(v[i] for v in vs) for n, vs in d.items()}
 
+    near = [[c for c, _ in d[n]] for d in (cold, cached) for n in sizes if n <= 1024]
+
     return Calibration(
         cold_ttft=med(cold, 0),
         cached_ttft=med(cached, 0),
@@ -370,15 +376,27 @@ async def calibrate(
         api_out_token_s=work[1],
         engine_share=work[2],
         other_load=others.share(),
+        jitter_s=jitter(near),
     )
 
 
 def model_ttft(latency: dict[str, float], n: int, cached: int) -> float:
-    """A lone request's TTFT by the LatencyModel ``latency``: front end + one step."""
+    """A lone request's median TTFT by the LatencyModel ``latency``: front end (with the
+    median of its jitter) + one step."""
     lm = LatencyModel(**latency)
     new = n - cached
     step = lm.step_time(1, new, 0, n, attention_pairs(cached, new))
-    return lm.frontend_s + lm.frontend_work(n) + step
+    return lm.frontend_s + LN2 * lm.frontend_jitter_s + lm.frontend_work(n) + step
+
+
+def jitter(samples: Iterable[Sequence[float]]) -> float:
+    """The mean excess of repeated identical measurements over their median, where above
+    it: for an exponentially distributed delay, its mean (memoryless)."""
+    excess = []
+    for xs in samples:
+        med = statistics.median(xs)
+        excess += [x - med for x in xs if x > med]
+    return statistics.fmean(excess) if excess else 0.0
 
 
 def own_overhead(sim: dict[str, Any], latency: dict[str, float], block: int) -> float:

@@ -162,7 +162,11 @@ class Engine:
         )
         if self.config.enable_prefix_caching:
             r.hashes = block_hashes(prompt, self.config.block_size, lora)
-        self.waiting.append(r)
+        waiting = self.waiting
+        i = len(waiting)  # in order of reaching the engine (front ends may overtake)
+        while i and waiting[i - 1].queued_at > queued:
+            i -= 1
+        waiting.insert(i, r)
         if lora is not None:
             self.waiting_loras[lora] += 1
         self._wake.set()

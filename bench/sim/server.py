@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -106,6 +107,7 @@ class SimPod:
         self.engine = Engine(config.engine_config())
         self.api_loop = ApiServerLoop()  # front ends, renders, streaming: one at a time
         self.engine.api_loop = self.api_loop
+        self.rng = random.Random(f"{config.model}:{config.host}:{config.port}")  # jitter
         self.exposition = Exposition(self.engine, config.model)
         self.exposition.observation = self._observation
         self.metrics_renders = 0  # /metrics answers that cost the pod (not the harness's)
@@ -285,6 +287,8 @@ class SimPod:
         received = engine.now()
         work = lat.frontend_work(sum(map(len, prompts)))
         ready = self.api_loop.occupy(received, work) + lat.frontend_s
+        if lat.frontend_jitter_s:
+            ready += self.rng.expovariate(1.0 / lat.frontend_jitter_s)
         engine.stall(lat.frontend_engine_share * work)  # a working engine's loss, if any
         reqs = [
             engine.add_request(p, max_tokens, lora, event, f"{rid}-{i}", stream, ready, received)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import random
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ from bench.fidelity_cal import (
     OtherLoad,
     cpu_seconds,
     descendants,
+    jitter,
     lstsq,
     model_ttft,
     own_overhead,
@@ -205,3 +207,15 @@ def test_other_load_does_not_count_our_children() -> None:
     _, ours, _ = OtherLoad._sample()
     assert ours - load.start[1] >= 0.25  # the exited child is ours, not other load
     assert 0.0 <= load.share() <= 1.0
+
+
+def test_jitter_estimates_an_exponential_mean() -> None:
+    rng = random.Random(3)
+    samples = [[0.02 + rng.expovariate(1 / 0.003) for _ in range(5)] for _ in range(400)]
+    assert jitter(samples) == pytest.approx(0.003, rel=0.15)
+    assert jitter([[0.01] * 5]) == 0.0
+    cal = _cal()
+    cal.jitter_s = 0.002  # the median lone TTFT stays the fitted one
+    kw = cal.latency_kwargs()
+    assert kw["frontend_jitter_s"] == 0.002
+    assert model_ttft(kw, 1024, 0) == pytest.approx(cal.cold_ttft[1024], rel=0.02)

@@ -214,3 +214,25 @@ def test_streamed_tokens_occupy_the_api_loop_and_a_share_of_the_engine() -> None
     d = free.step_virtual(0.0)
     assert d is not None
     assert free.step_virtual(d) == pytest.approx(lat.step_time(4, 0, 4, 4 * 5, 4 * 5))
+
+
+def test_front_ends_that_finish_earlier_reach_the_engine_first() -> None:
+    engine = Engine(EngineConfig())
+    slow = engine.add_request([1, 2, 3], 2, arrival=0.5, received=0.0)
+    fast = engine.add_request([4, 5, 6], 2, arrival=0.2, received=0.1)
+    assert list(engine.waiting) == [fast, slow]
+    assert engine.step_virtual(0.3) is not None and engine.running == [fast]
+
+
+async def test_front_end_jitter_varies_per_request() -> None:
+    lat = LatencyModel(frontend_s=0.0, frontend_per_token_s=0.0, frontend_jitter_s=0.05)
+    c = await start_pods([SimPodConfig(model="m", time_scale=20.0, latency=lat)])
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(8):
+                async with s.post(c.urls[0] + "/v1/completions", json={"prompt": "a b"}) as r:
+                    assert r.status == 200
+        st = c.pods[0].engine.stats
+        assert st.ttft.sum > st.prefill.sum + 8 * 0.01  # ~8 x 50 ms of jitter
+    finally:
+        await c.stop()
