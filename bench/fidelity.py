@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import subprocess
 import sys
@@ -73,15 +72,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.fidelity_cal import (
-    Calibration,
-    Observer,
-    OtherLoad,
-    calibrate,
-    own_overhead,
-    sim_ttft,
-    text,
-)
+from bench.fidelity_cal import Calibration, calibrate, own_overhead, sim_ttft, text
+from bench.fidelity_load import Observer, OtherLoad
+from bench.fidelity_report import calibration_table, comparison, ms, pct, table
 from bench.harness import podmetrics
 from bench.harness.pods import reset_prefix_cache, start_vllm_with_stats, token_count, warm_up
 from bench.harness.runner import drive
@@ -224,79 +217,6 @@ async def serve_sim(args: argparse.Namespace) -> None:
         await cluster.stop()
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * 1e3:.0f}"
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v * 100:.1f}"
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| rate/s | backend | ok | TTFT p50 | TTFT p90 | TTFT p50 shared | TTFT p50 cold "
-        "| e2e p50 | ITL p50 | prefix hit % |"
-    )
-    lines = [head, "|" + "---|" * 10]
-    for r in rows:
-        s = r["summary"]
-        lines.append(
-            f"| {r['rate']:g} | {r['backend']} | {s['ok']}/{s['requests']} "
-            f"| {_ms(s['ttft']['p50'])} | {_ms(s['ttft']['p90'])} "
-            f"| {_ms(s.get('ttft_p50_shared'))} | {_ms(s.get('ttft_p50_cold'))} "
-            f"| {_ms(s['e2e']['p50'])} | {_ms(s['itl']['p50'])} "
-            f"| {_pct(s.get('prefix_hit_rate'))} |"
-        )
-    return "\n".join(lines)
-
-
-def calibration_table(cal: Calibration, sim: dict[str, Any]) -> str:
-    lines = [
-        "| prompt tokens | real cold (engine) | real cached (engine) | sim cold | sim cached |",
-        "|---|---|---|---|---|",
-    ]
-    for n in cal.cold_ttft:
-        lines.append(
-            f"| {n} | {_ms1(cal.cold_ttft[n])} ({_ms1(cal.cold_engine[n])}) "
-            f"| {_ms1(cal.cached_ttft[n])} ({_ms1(cal.cached_engine[n])}) "
-            f"| {_ms1(sim['cold'].get(n))} | {_ms1(sim['cached'].get(n))} |"
-        )
-    lines.append(
-        f"\nreal: {cal.summary()}; sim ITL lone {sim['itl_short'] * 1e3:.2f} ms, "
-        f"sim's own time {sim.get('own_overhead', 0.0) * 1e3:.1f} ms (out of its front end)"
-    )
-    return "\n".join(lines)
-
-
-def _ms1(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1e3:.1f}"
-
-
-def comparison(rows: list[dict[str, Any]]) -> str:
-    """Real / sim TTFT p50 and p90 per rate, with the sim's error relative to real."""
-    by = {(r["rate"], r["backend"]): r["summary"] for r in rows}
-    lines = [
-        "| rate/s | TTFT p50 real / sim (err) | TTFT p90 real / sim (err) "
-        "| scrapes real / sim | other load % (real run) |",
-        "|---|---|---|---|---|",
-    ]
-    for rate in sorted({r["rate"] for r in rows}):
-        real, sim = by.get((rate, "real")), by.get((rate, "sim"))
-        if real is None or sim is None:
-            continue
-        cells = []
-        for q in ("p50", "p90"):
-            a, b = real["ttft"][q], sim["ttft"][q]
-            err = f"{(b - a) / a * 100:+.0f} %" if a and b is not None else "-"
-            cells.append(f"{_ms(a)} / {_ms(b)} ({err})")
-        lines.append(
-            f"| {rate:g} | {cells[0]} | {cells[1]} "
-            f"| {real.get('scrapes', 0)} / {sim.get('scrapes', 0)} "
-            f"| {_pct(real.get('other_load'))} |"
-        )
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.realvllm import MODEL_NAME
 
@@ -358,8 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ttft = summary["ttft"]
                 sys.stderr.write(
                     f"{backend} @{rate:g}/s: {summary['ok']}/{summary['requests']} ok, "
-                    f"TTFT p50/p90 {_ms(ttft['p50'])}/{_ms(ttft['p90'])} ms, "
-                    f"hit {_pct(summary.get('prefix_hit_rate'))} %, "
+                    f"TTFT p50/p90 {ms(ttft['p50'])}/{ms(ttft['p90'])} ms, "
+                    f"hit {pct(summary.get('prefix_hit_rate'))} %, "
                     f"{summary['scrapes']} scrapes, other load "
                     f"{summary['other_load'] * 100:.0f} %\n"
                 )

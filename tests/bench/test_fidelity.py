@@ -13,18 +13,10 @@ import sys
 import pytest
 
 from bench import compare
-from bench.fidelity import comparison, table, workload
-from bench.fidelity_cal import (
-    Calibration,
-    Observer,
-    OtherLoad,
-    cpu_seconds,
-    descendants,
-    jitter,
-    lstsq,
-    model_ttft,
-    own_overhead,
-)
+from bench.fidelity import workload
+from bench.fidelity_cal import Calibration, jitter, lstsq, model_ttft, own_overhead
+from bench.fidelity_load import Observer, OtherLoad, cpu_seconds, descendants
+from bench.fidelity_report import comparison, table
 from bench.harness.pods import RealPods
 from bench.sim import SimPodConfig, start_pods
 from bench.sim.latency import LatencyModel, attention_pairs
