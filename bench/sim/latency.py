@@ -54,11 +54,12 @@ Cross-checks (``speed`` = 1):
   versus 7 + 0.1 x 64 = 13.4 ms from the public runs.
 * A 3,000-token uncached prefill alone: 1.7 + max(5.7, 86.5 + 4.5) = 92.7 ms (33 k tok/s).
 * Saturation (``max_num_seqs`` 256, 200-token prompts, everything queued at once, in
-  simulated time; ``tests/test_sim.py::test_saturation_in_virtual_time``): with 26-28
-  output tokens the model gives 106-109 req/s with no shared prefix and 171-178 req/s
-  when 60 % of every prompt is a cached shared prefix, matching the ~106 and ~177 req/s
-  of the public runs (which do not state output length or hit rate; at a 33 k tok/s
-  prefill those two figures jointly imply roughly this combination).
+  simulated time; ``tests/bench/test_sim.py::test_saturation_in_virtual_time``): with
+  26-28 output tokens the model gives 116-118 req/s with no shared prefix and 187-195
+  req/s when 60 % of every prompt is a cached shared prefix, 9-10 % over the ~106 and
+  ~177 req/s of the public runs (which do not state output length or hit rate; at a
+  33 k tok/s prefill those two figures jointly imply roughly this combination). Before
+  the attention term (33,000 tok/s flat) the same test gave 112-115 and 183-191.
 
 A pod's ``speed`` divides the step time (0.5 = every step takes twice as long); it does
 not change the front end.
