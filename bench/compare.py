@@ -255,11 +255,14 @@ def plan_from(args: argparse.Namespace) -> Plan:
             names += [t for t in _split(ROUTER_TARGETS) if available(t.split(":")[0])]
         if args.url:
             names.append("url")
-    tgts = expand_replicas(
-        [targets.parse_target(n, args.url) for n in names],
-        [int(r) for r in _split(getattr(args, "replicas", "") or "1")],
-        _split(getattr(args, "sharing", "") or "none"),
-    )
+    try:
+        tgts = targets.expand_replicas(
+            [targets.parse_target(n, args.url) for n in names],
+            [int(r) for r in _split(getattr(args, "replicas", "") or "1")],
+            _split(getattr(args, "sharing", "") or "none"),
+        )
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     for t in tgts:
         if t.kind in ROUTERS and not available(t.kind):
             raise SystemExit(f"{t.kind} is not installed: pip install {t.kind}")
@@ -277,29 +280,6 @@ def plan_from(args: argparse.Namespace) -> Plan:
         args.seed,
         knobs_from(args),
     )
-
-
-def expand_replicas(
-    tgts: list[targets.Target], replicas: list[int], sharing: list[str]
-) -> list[targets.Target]:
-    """Each plain picker target once per replica count x sharing mode (``--replicas``,
-    ``--sharing``); one replica shares nothing with peers (``picks`` is skipped), but
-    ``kv_events`` still switches it to exact matching. Other targets are kept as is."""
-    bad = [x for x in sharing if x not in targets.SHARING]
-    if bad or not replicas or min(replicas) < 1:
-        raise SystemExit(f"--sharing takes {','.join(targets.SHARING)}; --replicas N >= 1")
-    if replicas == [1] and sharing == ["none"]:
-        return tgts
-    out: list[targets.Target] = []
-    for t in tgts:
-        if t.kind != "picker" or t.replicas != 1 or t.sharing != "none":
-            out.append(t)
-            continue
-        for n in replicas:
-            for mode in sharing:
-                if not (n == 1 and mode == "picks"):
-                    out.append(targets.Target(t.kind, t.policy, replicas=n, sharing=mode))
-    return out
 
 
 def arrival_for(plan: Plan, rate: float) -> Arrival:

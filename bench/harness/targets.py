@@ -115,6 +115,27 @@ def parse_target(text: str, url: str = "") -> Target:
     )
 
 
+def expand_replicas(tgts: list[Target], replicas: list[int], sharing: list[str]) -> list[Target]:
+    """Each plain picker target once per replica count x sharing mode (``--replicas``,
+    ``--sharing``); one replica shares nothing with peers (``picks`` is skipped), but
+    ``kv_events`` still switches it to exact matching. Other targets are kept as is."""
+    bad = [x for x in sharing if x not in SHARING]
+    if bad or not replicas or min(replicas) < 1:
+        raise ValueError(f"--sharing takes {','.join(SHARING)}; --replicas N >= 1")
+    if replicas == [1] and sharing == ["none"]:
+        return tgts
+    out: list[Target] = []
+    for t in tgts:
+        if t.kind != "picker" or t.replicas != 1 or t.sharing != "none":
+            out.append(t)
+            continue
+        for n in replicas:
+            for mode in sharing:
+                if not (n == 1 and mode == "picks"):
+                    out.append(Target(t.kind, t.policy, replicas=n, sharing=mode))
+    return out
+
+
 @contextlib.contextmanager
 def launch(
     target: Target,

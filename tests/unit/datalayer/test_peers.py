@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from picker.datalayer import peer_wire as wire
 from picker.datalayer.datastore import Datastore, Endpoint, Pool
-from picker.datalayer.peers import MAX_PER_POD, PeerTable
+from picker.datalayer.peer_table import MAX_PER_POD, PeerTable
 from picker.observability import Metrics
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
