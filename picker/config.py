@@ -167,7 +167,9 @@ class PeersConfig:
     endpoints: list[str] = field(default_factory=list)  # every replica's (itself may be in)
     id: str = ""  # this replica's name ("": hostname:pid); a new process under a peer's
     # name replaces it at once (a restart), so two live replicas must not share one
-    flush_interval: float = 0.001  # records wait at most this long to share one send
+    # Records made in one event-loop turn share one send at its end; > 0: they wait this
+    # long for more (fewer sends, later news: concurrent decisions elsewhere herd).
+    flush_interval: float = 0.0
     batch_bytes: int = 64 * 1024  # ... or until this many bytes are pending
     state_interval: float = 0.5  # own in-flight table + heartbeat
     peer_timeout: float = 3.0  # a peer silent this long is gone: its load is dropped

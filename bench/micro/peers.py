@@ -6,7 +6,7 @@ receive and apply them (prefix index + pod loads). Timed:
 
 * the request path of A: ``picked`` + ``done`` (encode a record, append, maybe schedule
   a flush), per request;
-* A's sends: one ZMQ send per batch (``flush_interval``) against one send per record
+* A's sends: one ZMQ send per event-loop turn (the default) against one send per record
   (``batch_bytes`` 1, below what the config allows: every record flushes at once);
 * B's receive path: decode + apply, per record.
 
@@ -90,7 +90,7 @@ def main() -> None:
     blocks = sum(len(p) for p in prompts) / len(prompts)
     print(f"{REQUESTS} requests (pick + done), {blocks:.0f} blocks each, 3 replicas, loopback")
     print(f"{'mode':>22} {'request path us':>16} {'sends':>7} {'wall us/request':>16}")
-    for name, batch in (("batched (1 ms)", 64 * 1024), ("one send per record", 1)):
+    for name, batch in (("one send per turn", 64 * 1024), ("one send per record", 1)):
         res = asyncio.run(run(batch, prompts))
         print(f"{name:>22} {res['path_us']:>16.2f} {res['sends']:>7.0f} {res['wall_us']:>16.1f}")
 

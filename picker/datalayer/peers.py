@@ -8,8 +8,9 @@ recognised and ignored). On the wire (``peer_wire``):
 
 * each routing decision is a PICK record (pod, the request's prefix block hashes as the
   ``prefix`` plugin computed them, its estimated uncached tokens), each response end a
-  DONE record; records are buffered and sent as one LIVE batch ``flush_interval`` after
-  the first (one send per batch, not per request);
+  DONE record; records are buffered and those of one event-loop turn go out as one
+  LIVE batch at its end (``flush_interval`` > 0 waits that long for more): one send
+  per turn, not per request;
 * every ``state_interval`` a STATE batch carries the replica's own in-flight count per
   pod (absolute): it corrects whatever a lost batch left wrong and is the heartbeat;
 * a new subscriber gets a REPLAY of the publisher's recent picks (``replay_bytes`` at

@@ -345,15 +345,17 @@ class PredictedLatency(DataProducer, Scorer):
 
     def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
         """Another replica sent a request there (``peers``): its prefill joins the
-        backlog as an own request's would (drained by time only); a replayed one
+        backlog and its tokens the KV cache, as an own request's would; a replayed one
         (``tokens`` 0) is history, no load."""
         if tokens <= 0:
             return
         st = self.pod(endpoint.address)
         running = max(endpoint.metrics.running, endpoint.inflight)
         st.advance(self._clock())
-        work = self.model_of(endpoint.address).prefill_seconds(tokens * self.token_scale, running)
+        scaled = tokens * self.token_scale
+        work = self.model_of(endpoint.address).prefill_seconds(scaled, running)
         st.sent += work
+        st.kv_sent += scaled
         st.peer_positions.append(st.sent)
 
     def on_peer_done(self, endpoint: Endpoint, tokens: int) -> None:
@@ -362,6 +364,7 @@ class PredictedLatency(DataProducer, Scorer):
         st = self._pods.get(endpoint.address)
         if st is None or not st.peer_positions:
             return
+        st.kv_done += tokens * self.token_scale
         position = st.peer_positions.popleft()
         st.advance(self._clock())
         if position > st.done:
