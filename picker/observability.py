@@ -327,6 +327,12 @@ class Metrics:
             "Peer replicas heard from within peers.peer_timeout.",
             registry=r,
         )
+        self.peer_lag = Histogram(
+            "picker_peer_lag_seconds",
+            "From a peer's send to this replica applying the batch (the peer's wall clock).",
+            buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+            registry=r,
+        )
         self.peer_inflight = Gauge(
             "picker_peer_inflight_requests",
             "Requests peer replicas have in flight, over all pods (part of each pod's load).",

@@ -5,7 +5,8 @@ stream every replica subscribes to, or ``b"S" + <subscriber nonce, 16 hex digits
 the replay a publisher sends to one new subscriber. ``payload`` is one batch::
 
     header   version u8 (1) · kind u8 · flags u8 · layout u32 · nonce u64 · seq u64
-             · sender id (u8 length + UTF-8, 1-64 bytes)
+             · sent at f64 (the sender's wall clock) · sender id (u8 length + UTF-8,
+             1-64 bytes)
     records  until the end of the payload, each:
              tag u8 · address (u8 length + ASCII ``host:port``, 3-255 bytes) · body
 
@@ -22,7 +23,8 @@ the receiver knew; an empty one is a heartbeat) and ``REPLAY`` (the sender's rec
 picks, oldest first, for the prefix index only; flag ``FINAL`` on the last one).
 ``layout`` identifies the prefix block layout (block sizes); a receiver with another
 layout ignores the hashes. ``nonce`` is random per process start, ``seq`` counts the
-sender's LIVE and STATE batches, so a receiver sees restarts and lost batches.
+sender's LIVE and STATE batches, so a receiver sees restarts and lost batches. The
+send time only measures the exchange's lag (clocks of different hosts may disagree).
 
 ``decode`` accepts any bytes: everything malformed raises ``WireError`` with a short,
 bounded reason (a metric label), never anything else.
@@ -47,7 +49,7 @@ MAX_BLOCKS = 8192
 MAX_COUNT = (1 << 32) - 1
 MAX_RECORD = 2 + 255 + 6 + 8 * MAX_BLOCKS  # the largest record (a PICK)
 
-_HEADER = struct.Struct("<BBBIQQB")
+_HEADER = struct.Struct("<BBBIQQdB")
 _ADDR = struct.Struct("<BB")  # tag, address length
 _PICK = struct.Struct("<IH")
 _U32 = struct.Struct("<I")
@@ -81,6 +83,7 @@ class Batch:
     seq: int
     sender: str
     records: list[Record]
+    sent_at: float = 0.0  # the sender's wall clock (seconds since the epoch): lag only
 
 
 def replay_topic(nonce: int) -> bytes:
@@ -88,10 +91,18 @@ def replay_topic(nonce: int) -> bytes:
     return REPLAY_PREFIX + b"%016x" % nonce
 
 
-def header(kind: int, layout: int, nonce: int, seq: int, sender: bytes, flags: int = 0) -> bytes:
+def header(
+    kind: int,
+    layout: int,
+    nonce: int,
+    seq: int,
+    sender: bytes,
+    flags: int = 0,
+    sent_at: float = 0.0,
+) -> bytes:
     if not 0 < len(sender) <= MAX_ID:
         raise ValueError("sender id must be 1-64 bytes")
-    return _HEADER.pack(VERSION, kind, flags, layout, nonce, seq, len(sender)) + sender
+    return _HEADER.pack(VERSION, kind, flags, layout, nonce, seq, sent_at, len(sender)) + sender
 
 
 def _address(tag: int, address: bytes) -> bytes:
@@ -125,7 +136,7 @@ def decode(payload: bytes, max_records: int = 1 << 16) -> Batch:
     n = len(mv)
     if n < _HEADER.size:
         raise WireError("short")
-    version, kind, flags, layout, nonce, seq, id_len = _HEADER.unpack_from(mv, 0)
+    version, kind, flags, layout, nonce, seq, sent_at, id_len = _HEADER.unpack_from(mv, 0)
     if version != VERSION:
         raise WireError("version")
     if kind not in (LIVE, STATE, REPLAY) or flags & ~FINAL:
@@ -181,4 +192,4 @@ def decode(payload: bytes, max_records: int = 1 << 16) -> Batch:
             records.append(Record(STATE_REC, address, tokens, inflight=inflight))
         else:
             raise WireError("malformed")
-    return Batch(kind, flags, layout, nonce, seq, sender, records)
+    return Batch(kind, flags, layout, nonce, seq, sender, records, sent_at)

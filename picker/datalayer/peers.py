@@ -158,7 +158,7 @@ class PeerExchange:
         if kind != wire.REPLAY:
             self._seq += 1
             seq = self._seq
-        head = wire.header(kind, self.layout, self.nonce, seq, self._id, flags)
+        head = wire.header(kind, self.layout, self.nonce, seq, self._id, flags, time.time())
         zmq = self._z
         try:
             self._pub.send_multipart([topic, head + body], flags=zmq.NOBLOCK)
@@ -233,6 +233,7 @@ class PeerExchange:
     async def _receive(self) -> None:
         zmq = _zmq()
         sub, table = self._sub, self.table
+        lag_hist = self.metrics.peer_lag
         while True:
             try:
                 frames = await sub.recv_multipart(copy=True)
@@ -250,6 +251,10 @@ class PeerExchange:
             except wire.WireError as e:
                 table.dropped(e.reason)
                 continue
+            if batch.kind == wire.LIVE:
+                lag = time.time() - batch.sent_at
+                if 0.0 <= lag < 3600.0:  # (False for NaN) clocks of two hosts may differ
+                    lag_hist.observe(lag)
             try:
                 table.apply(batch, time.monotonic())
             except Exception:  # a bug must not stop the exchange; the batch is lost

@@ -24,7 +24,9 @@ class MaxScorePicker(Picker):
     Exact ties go to the tied candidate picked least recently: when nothing tells the
     pods apart (the common case below saturation) that is round-robin, whose evenly
     spaced arrivals per pod queue less than a random split (measured on the uniform
-    workload: TTFT p90 75 ms with random tie-breaks, see README).
+    workload: TTFT p90 75 ms with random tie-breaks, see README). Pods never picked
+    come first, in an order drawn once per process: replicas deciding at the same
+    moment (active-active, nothing shared yet) do not all start with the same pod.
     """
 
     type = "max_score"
@@ -34,7 +36,14 @@ class MaxScorePicker(Picker):
     ) -> None:
         super().__init__(name)
         self._seq = 0
-        self._last: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+        self._rng = handle.rng if handle is not None else random.Random()
+
+    def _rank(self, address: str) -> float:
+        rank = self._last.get(address)
+        if rank is None:  # never picked: before every picked pod, in this process's order
+            rank = self._last[address] = -1.0 - self._rng.random()
+        return rank
 
     def pick(
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: Sequence[float]
@@ -48,8 +57,8 @@ class MaxScorePicker(Picker):
             if len(tied) == 1:
                 first = tied[0]
             else:
-                last = self._last
-                first = min(tied, key=lambda i: last.get(candidates[i].address, -1))
+                rank = self._rank
+                first = min(tied, key=lambda i: rank(candidates[i].address))
             chosen = candidates[first]
         self._seq += 1
         self._last[chosen.address] = self._seq

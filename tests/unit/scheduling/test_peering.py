@@ -115,3 +115,21 @@ def test_peer_hooks_reach_the_plugins_that_implement_them() -> None:
         "PrefixScorer",
         "PredictedLatency",
     }
+
+
+def test_replicas_break_first_ties_differently_then_round_robin() -> None:
+    """Two replicas whose first requests arrive at once, all pods idle and tied: each
+    starts from its own random order (not all on the first pod); then round-robin."""
+    import random
+
+    from picker.scheduling.pickers import MaxScorePicker
+
+    pods = [Endpoint(f"10.0.0.{i}:8000") for i in range(4)]
+    req = InferenceRequest(model="m")
+    firsts = set()
+    for seed in range(20):
+        p = MaxScorePicker(handle=Handle(rng=random.Random(seed)))
+        picks = [p.pick(req, pods, [1.0] * 4)[0] for _ in range(8)]
+        assert picks[:4] == picks[4:] and set(picks[:4]) == set(pods)  # round-robin
+        firsts.add(picks[0].address)
+    assert len(firsts) > 1
