@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
@@ -76,7 +76,9 @@ class PickerServer:
         self._background: set[asyncio.Task[None]] = set()
         self.peers: PeerExchange | None = None
         if config.peers.enabled:
-            self.peers = _peer_exchange(config, self.datastore, self.metrics, self.profile)
+            self.peers = _peer_exchange(
+                config, self.datastore, self.metrics, self.profile, self._peers_changed
+            )
         self.discovery: Discovery | None = None
         if config.discovery.enabled:
             self.discovery = discovery_from_config(
@@ -94,6 +96,11 @@ class PickerServer:
             task = asyncio.get_running_loop().create_task(scraper.sync())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _peers_changed(self, peers: int) -> None:
+        """The pods' observation budget is shared by this replica and its live peers."""
+        if self.scraper is not None:
+            self.scraper.share_budget(peers + 1)
 
     def _discovery_ready(self, ready: bool) -> None:
         """The pool vanished (not ready) or is back; the first sync is ``_become_ready``'s."""
@@ -245,7 +252,11 @@ class PickerServer:
 
 
 def _peer_exchange(
-    config: Config, datastore: Datastore, metrics: Metrics, profile: Profile
+    config: Config,
+    datastore: Datastore,
+    metrics: Metrics,
+    profile: Profile,
+    on_peers: Callable[[int], None],
 ) -> PeerExchange:
     """The exchange with the other replicas, its recorder added to the profile."""
     from picker.datalayer.peers import PeerExchange
@@ -258,6 +269,7 @@ def _peer_exchange(
         layout=prefix_layout(profile),
         on_pick=profile.on_peer_pick,
         on_done=profile.on_peer_done,
+        on_peers=on_peers,
     )
     profile.add_plugin(PeerRecorder(exchange))
     return exchange

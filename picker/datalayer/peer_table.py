@@ -50,10 +50,12 @@ class PeerTable:
         metrics: Metrics,
         max_peers: int = 64,
         on_done: PeerDone | None = None,
+        on_peers: Callable[[int], None] | None = None,
     ) -> None:
         self.datastore = datastore
         self.on_pick = on_pick
         self.on_done = on_done
+        self.on_peers = on_peers  # hears the number of live peers when it changes
         self.nonce = nonce
         self.layout = layout
         self.metrics = metrics
@@ -112,7 +114,12 @@ class PeerTable:
         for ep, (count, tokens) in list(peer.inflight.items()):
             self._add(peer, ep, -count, -tokens)
         self.peers.pop(peer.nonce, None)
+        self._peers_changed()
+
+    def _peers_changed(self) -> None:
         self.metrics.peers_connected.set(len(self.peers))
+        if self.on_peers is not None:
+            self.on_peers(len(self.peers))
 
     def expire(self, now: float, timeout: float) -> list[Peer]:
         gone = [p for p in self.peers.values() if now - p.heard > timeout]
@@ -144,7 +151,7 @@ class PeerTable:
                 self.dropped("too_many_peers")
                 return
             peer = self.peers[batch.nonce] = Peer(batch.nonce, batch.sender, now)
-            self.metrics.peers_connected.set(len(self.peers))
+            self._peers_changed()
             log.info("peer %s joined", batch.sender)
         peer.heard = now
         if peer.seq >= 0 and batch.seq > peer.seq + 1:

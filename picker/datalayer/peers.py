@@ -38,7 +38,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from picker.datalayer import peer_wire as wire
@@ -77,6 +77,7 @@ class PeerExchange:
         layout: int,
         on_pick: PeerPick,
         on_done: PeerDone | None = None,
+        on_peers: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.datastore = datastore
@@ -93,6 +94,7 @@ class PeerExchange:
             metrics=metrics,
             max_peers=config.max_peers,
             on_done=on_done,
+            on_peers=on_peers,
         )
         self.warmed = asyncio.Event()  # replays in from every endpoint, or warmup passed
         self._buf = bytearray()

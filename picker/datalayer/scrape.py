@@ -112,6 +112,7 @@ class Scraper:
         self.path = path
         self.gauge_interval = gauge_interval
         self.budget = budget
+        self._share = budget  # this replica's part of it (``share_budget``)
         self.max_interval = max(max_interval, interval)
         self.early_after = early_after
         self._names_for: NamesFor = names_for if names_for is not None else MODEL_SERVERS
@@ -199,12 +200,19 @@ class Scraper:
                 names=names,
                 conn=HTTPConnection(ep.host, ep.port, self.path),
                 started=time.monotonic(),
-                budget=ScrapeBudget(self.budget, self.interval, self.max_interval),
+                budget=ScrapeBudget(self._share, self.interval, self.max_interval),
                 gauges=self._gauge_children(ep),
             )
             t.task = asyncio.create_task(self._run(t), name=f"scrape {ep.address}")
             self._targets[ep.address] = t
         self._check_first_done()
+
+    def share_budget(self, replicas: int) -> None:
+        """``replicas`` pickers poll the same pods (active-active, ``peers``): the
+        observation budget is the pods', so each takes ``budget / replicas`` of it."""
+        self._share = self.budget / max(1, replicas)
+        for t in self._targets.values():
+            t.budget.share = self._share
 
     def _names(self, pool: Pool) -> MetricNames:
         if callable(self._names_for):

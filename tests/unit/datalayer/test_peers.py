@@ -200,3 +200,32 @@ def test_a_restarted_peer_replaces_its_earlier_process_at_once() -> None:
     net.table.apply(wire.decode(payload), now=2.0)
     assert (net.a.inflight, net.b.inflight) == (0, 1)
     assert list(net.table.peers) == [10]
+
+
+def test_the_table_reports_live_peers_as_they_come_and_go() -> None:
+    net = Net()
+    counts: list[int] = []
+    net.table.on_peers = counts.append
+    net.send(9, 1, pick(A))
+    net.send(8, 1, pick(A))
+    net.table.expire(now=10.0, timeout=3.0)
+    assert counts == [1, 2, 1, 0]
+
+
+async def test_replicas_share_the_pods_observation_budget() -> None:
+    """N replicas each poll every pod: each takes 1/N of the pods' budget, new pods too."""
+    from picker.datalayer.scrape import Scraper
+
+    net = Net()
+    scraper = Scraper(net.ds, Metrics(), interval=0.05, budget=0.03)
+    await scraper.start()
+    try:
+        scraper.share_budget(3)
+        assert {t.budget.share for t in scraper._targets.values()} == {0.01}
+        net.ds.update_endpoints("p", add=["10.0.0.3:8000"])
+        await scraper.sync()
+        assert scraper._targets["10.0.0.3:8000"].budget.share == 0.01
+        scraper.share_budget(1)
+        assert {t.budget.share for t in scraper._targets.values()} == {0.03}
+    finally:
+        await scraper.stop()
