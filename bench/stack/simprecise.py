@@ -64,8 +64,9 @@ class SimPrecisePrefixScorer(PrecisePrefixScorer):
             return tokenize(render_chat(chat_messages(request.prompt)))
         return None
 
-    def hashes(self, request: InferenceRequest) -> list[int]:
-        ids = self.token_ids(request)
+    def hashes(self, request: InferenceRequest, ids: list[int] | None = None) -> list[int]:
+        if ids is None:
+            ids = self.token_ids(request)
         if ids is None:
             return []
         size = self.hasher.block_size

@@ -61,12 +61,16 @@ class PrefixMatch:
 
     ``hashes`` is the request's block chain, ``matched`` the leading blocks held per
     address (absent means none), ``tokens_of(k)`` the (estimated) tokens in the first
-    ``k`` blocks.
+    ``k`` blocks. ``prompt_tokens``: the prompt's exact length in the pods' tokens when
+    the match is exact (``precise_prefix`` tokenized it as the pods do), else 0;
+    ``truncated``: only the first ``prompt_tokens`` were tokenized (a long chat).
     """
 
     hashes: list[int]
     matched: dict[str, int] = field(default_factory=dict)
     tokens_of: Callable[[int], float] = _no_tokens
+    prompt_tokens: int = 0
+    truncated: bool = False
 
     @property
     def blocks(self) -> int:

@@ -177,8 +177,9 @@ class PrecisePrefixScorer(DataProducer, Scorer):
             log.debug("chat request not rendered exactly: %s", e)
             return None
 
-    def hashes(self, request: InferenceRequest) -> list[int]:
-        ids = self.token_ids(request)
+    def hashes(self, request: InferenceRequest, ids: list[int] | None = None) -> list[int]:
+        if ids is None:
+            ids = self.token_ids(request)
         if ids is None:
             return []
         lora: tuple[str, str] | None = None
@@ -195,13 +196,18 @@ class PrecisePrefixScorer(DataProducer, Scorer):
         addresses = [e.address for e in candidates]
         for a in addresses:
             self.events.ensure(a)
-        hashes = self.hashes(request)
+        ids = self.token_ids(request)
+        hashes = self.hashes(request, ids) if ids is not None else []
         held: dict[str, int] = {}
         if hashes:
             for a, m in zip(addresses, self.index.match(hashes, addresses), strict=True):
                 if m:
                     held[a] = m
-        request.kv_prefix = PrefixMatch(hashes, held, self._tokens_of)
+        n = len(ids) if ids is not None else 0
+        # A chat is tokenized only up to what the index can hold: its length is then a
+        # lower bound (the latency model takes the larger of it and its own estimate).
+        cut = request.token_ids is None and n >= self.max_blocks * self.hasher.block_size
+        request.kv_prefix = PrefixMatch(hashes, held, self._tokens_of, n, cut)
 
     def _tokens_of(self, blocks: int) -> float:
         return float(blocks * self.hasher.block_size)

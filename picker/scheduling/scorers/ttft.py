@@ -137,8 +137,7 @@ class PredictedLatency(DataProducer, Scorer):
         pr = self.priors
         if pr.tokens_per_second <= 0 or min(pr.request_s, pr.overhead_s, pr.tpot_s) < 0:
             raise ValueError(
-                f"plugin {self.name!r}: tokens_per_second > 0; request_s, overhead_s, "
-                "tpot_s >= 0"
+                f"plugin {self.name!r}: tokens_per_second > 0; request_s, overhead_s, tpot_s >= 0"
             )
         if not 0.5 <= pr.forgetting <= 1.0:
             raise ValueError(f"plugin {self.name!r}: forgetting must be in [0.5, 1]")
@@ -257,6 +256,13 @@ class PredictedLatency(DataProducer, Scorer):
         """The request's uncached prompt tokens on ``address``, in the pod's tokens."""
         if request.token_ids is not None:
             return float(request.uncached_tokens(address))  # exact already
+        kv = request.kv_prefix
+        if kv is not None and kv.prompt_tokens:  # tokenized as the pods do: exact
+            total = float(kv.prompt_tokens)
+            if kv.truncated:
+                total = max(total, request.prompt_tokens * self.token_scale)
+            left = total - kv.cached_tokens(address)
+            return left if left > 1.0 else 1.0
         return request.uncached_tokens(address) * self.token_scale
 
     def kv_wait(self, endpoint: Endpoint, tokens: float, running: int) -> float:

@@ -78,6 +78,9 @@ def test_chat_request_scores_what_the_pod_holds() -> None:
     req = _request("long_shared_b")
     assert _score(after_a, req) == [(nb - 1) / nb, 0.0]  # the shared system prompt
     assert req.kv_prefix is not None and req.kv_prefix.matched == {POD: nb - 1}
+    # the prompt's length in the pod's tokens, for the latency model
+    assert req.kv_prefix.prompt_tokens == len(CASES["long_shared_b"]["chat_ids"])
+    assert not req.kv_prefix.truncated
     assert _score(_scorer(2), _request("long_shared_b")) == [1.0, 0.0]
     assert after_a.chat_failures == 0
 

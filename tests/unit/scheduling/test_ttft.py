@@ -257,3 +257,21 @@ def test_the_default_profile_predicts_latency() -> None:
                 "scorers": {"predicted_ttft": 1},
             }
         )
+
+
+def test_an_exact_match_counts_the_prompt_in_the_pods_tokens() -> None:
+    """With ``precise_prefix``'s match, the prompt's length is known in the pods' own
+    tokens: the uncached part is that length minus the held blocks, never picker's text
+    estimate minus an exact count (units that do not mix)."""
+    clock = Clock()
+    s = plugin(clock)
+    holder, other = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    r = InferenceRequest(model="m", prompt_tokens=4000)  # the text estimate: 4x too high
+    r.kv_prefix = PrefixMatch([0] * 10, {holder.address: 9}, lambda k: k * 100.0, 1000)
+    assert s.tokens(r, holder.address) == pytest.approx(100.0)
+    assert s.tokens(r, other.address) == pytest.approx(1000.0)
+    assert s.predict(r, holder, clock.t) == pytest.approx(0.01 + 0.01)
+    # Truncated (a chat tokenized only as far as the index holds): the larger of the
+    # two lengths.
+    r.kv_prefix = PrefixMatch([0] * 10, {}, lambda k: k * 100.0, 1000, truncated=True)
+    assert s.tokens(r, other.address) == pytest.approx(4000.0)
