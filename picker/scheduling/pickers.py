@@ -27,6 +27,7 @@ class MaxScorePicker(Picker):
     workload: TTFT p90 75 ms with random tie-breaks, see README). Pods never picked
     come first, in an order drawn once per process: replicas deciding at the same
     moment (active-active, nothing shared yet) do not all start with the same pod.
+    With ``peers``, the other replicas' picks count too.
     """
 
     type = "max_score"
@@ -70,6 +71,13 @@ class MaxScorePicker(Picker):
             reverse=True,
         )
         return [chosen, *(candidates[i] for i in rest[: self.fallbacks])]
+
+    def on_peer_pick(self, endpoint: Endpoint, hashes: Sequence[int], tokens: int) -> None:
+        """A peer replica's pick counts as a pick here: ties go to the pod least recently
+        picked by any replica (round-robin across them), not by this one alone."""
+        if tokens > 0:  # (0: a replayed pick, history)
+            self._seq += 1
+            self._last[endpoint.address] = self._seq
 
     def on_endpoint_removed(self, endpoint: Endpoint) -> None:
         self._last.pop(endpoint.address, None)

@@ -114,6 +114,7 @@ def test_peer_hooks_reach_the_plugins_that_implement_them() -> None:
     assert {type(p).__name__ for p in profile._peer_observers} == {
         "PrefixScorer",
         "PredictedLatency",
+        "MaxScorePicker",
     }
 
 
@@ -133,3 +134,26 @@ def test_replicas_break_first_ties_differently_then_round_robin() -> None:
         assert picks[:4] == picks[4:] and set(picks[:4]) == set(pods)  # round-robin
         firsts.add(picks[0].address)
     assert len(firsts) > 1
+
+
+def test_peers_picks_count_for_ties() -> None:
+    """Three replicas taking turns on tied pods: with each other's picks applied, the
+    pods are used in turn across all of them (no pod picked twice before the others)."""
+    import random
+
+    from picker.scheduling.pickers import MaxScorePicker
+
+    pods = [Endpoint(f"10.0.0.{i}:8000") for i in range(3)]
+    req = InferenceRequest(model="m")
+    reps = [MaxScorePicker(handle=Handle(rng=random.Random(s))) for s in range(3)]
+    picks = []
+    for turn in range(9):
+        me = reps[turn % 3]
+        chosen = me.pick(req, pods, [1.0] * 3)[0]
+        picks.append(chosen.address)
+        for other in reps:
+            if other is not me:
+                other.on_peer_pick(chosen, [], 100)
+        reps[0].on_peer_pick(pods[0], [], 0)  # a replayed pick changes nothing
+    for k in range(0, 9, 3):
+        assert len(set(picks[k : k + 3])) == 3, picks
