@@ -161,10 +161,14 @@ class DiscoveryConfig:
 @dataclass
 class PeersConfig:
     """Active-active replicas sharing pick records (``picker.datalayer.peers``); off when
-    both ``publish`` and ``endpoints`` are empty. Needs pyzmq (``picker[peers]``)."""
+    ``publish``, ``endpoints`` and ``selector`` are all empty. Needs pyzmq
+    (``picker[peers]``)."""
 
     publish: str = ""  # this replica's XPUB bind address, e.g. tcp://0.0.0.0:5570
     endpoints: list[str] = field(default_factory=list)  # every replica's (itself may be in)
+    # ... or found in the cluster (needs discovery): the label selector of picker's own
+    # pods in its namespace; each one's publisher is tcp://<podIP>:<publish's port>.
+    selector: str = ""
     id: str = ""  # this replica's name ("": hostname:pid); a new process under a peer's
     # name replaces it at once (a restart), so two live replicas must not share one
     # Records made in one event-loop turn share one send at its end; > 0: they wait this
@@ -180,7 +184,13 @@ class PeersConfig:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.publish or self.endpoints)
+        return bool(self.publish or self.endpoints or self.selector)
+
+    @property
+    def port(self) -> int:
+        """The TCP port of ``publish`` (0 when it is not ``tcp://host:port``)."""
+        m = re.match(r"^tcp://.+:(\d+)$", self.publish)
+        return int(m.group(1)) if m else 0
 
     def validate(self) -> None:
         for e in ([self.publish] if self.publish else []) + list(self.endpoints):
@@ -195,6 +205,12 @@ class PeersConfig:
             raise ValueError("peers: batch_bytes >= 1 KiB, max_message_bytes >= 2 x it + 80 KiB")
         if self.replay_bytes < 0 or self.max_peers < 1:
             raise ValueError("peers: replay_bytes >= 0, max_peers >= 1")
+        if self.selector:
+            if self.endpoints:
+                raise ValueError("peers: endpoints or selector, not both")
+            if not 0 < self.port < 65536:
+                raise ValueError("peers.selector needs publish tcp://host:port (a fixed port)")
+            parse_selector(self.selector)  # a bad selector fails here, at start
 
 
 def parse_ports(text: str) -> list[int]:

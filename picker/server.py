@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
@@ -26,11 +26,13 @@ from picker.config import Config
 from picker.datalayer.datastore import Datastore, Endpoint
 from picker.datalayer.discovery.build import from_config as discovery_from_config
 from picker.datalayer.discovery.controller import Discovery
+from picker.datalayer.discovery.peers import PeerDiscovery
 from picker.datalayer.scrape import Scraper
 from picker.handlers.stream import ExtProcService
 from picker.observability import Metrics
 from picker.requestcontrol.director import Director
 from picker.scheduling.framework import Handle
+from picker.scheduling.peering import peer_exchange
 from picker.scheduling.profile import Profile, build_profile
 from picker.scheduling.registry import Registry
 from picker.transport.grpcio import GrpcioServer
@@ -76,8 +78,8 @@ class PickerServer:
         self._background: set[asyncio.Task[None]] = set()
         self.peers: PeerExchange | None = None
         if config.peers.enabled:
-            self.peers = _peer_exchange(
-                config, self.datastore, self.metrics, self.profile, self._peers_changed
+            self.peers = peer_exchange(
+                config.peers, self.datastore, self.metrics, self.profile, self._peers_changed
             )
         self.discovery: Discovery | None = None
         if config.discovery.enabled:
@@ -85,6 +87,16 @@ class PickerServer:
                 config.discovery, self.datastore, self._discovery_ready
             )
             self.datastore.add_listener(self._endpoints_changed)
+        self.peer_discovery: PeerDiscovery | None = None
+        if self.peers is not None and config.peers.selector:
+            if self.discovery is None:
+                raise ValueError(
+                    "peers.selector finds the replicas in the cluster: it needs discovery "
+                    "(--pool-name or --endpoint-selector)"
+                )
+            self.peer_discovery = PeerDiscovery.of(
+                self.discovery, config.peers, self.peers.set_endpoints
+            )
 
     def _endpoints_changed(self, added: Sequence[Endpoint], removed: Sequence[Endpoint]) -> None:
         if removed:
@@ -159,6 +171,8 @@ class PickerServer:
         await self.profile.start()
         if self.peers is not None:
             await self.peers.start()
+        if self.peer_discovery is not None:
+            await self.peer_discovery.start()
         self._ready_task = asyncio.create_task(self._become_ready())
         log.info(
             "picker %s serving ext_proc (%s) on %s:%d, health on :%d, metrics on :%d, "
@@ -228,6 +242,8 @@ class PickerServer:
             self._ready_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ready_task
+        if self.peer_discovery is not None:
+            await self.peer_discovery.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         for task in list(self._background):
@@ -249,30 +265,6 @@ class PickerServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-
-
-def _peer_exchange(
-    config: Config,
-    datastore: Datastore,
-    metrics: Metrics,
-    profile: Profile,
-    on_peers: Callable[[int], None],
-) -> PeerExchange:
-    """The exchange with the other replicas, its recorder added to the profile."""
-    from picker.datalayer.peers import PeerExchange
-    from picker.scheduling.peering import PeerRecorder, prefix_layout
-
-    exchange = PeerExchange(
-        config.peers,
-        datastore,
-        metrics,
-        layout=prefix_layout(profile),
-        on_pick=profile.on_peer_pick,
-        on_done=profile.on_peer_done,
-        on_peers=on_peers,
-    )
-    profile.add_plugin(PeerRecorder(exchange))
-    return exchange
 
 
 def _configured_models(config: Config, datastore: Datastore) -> list[str]:

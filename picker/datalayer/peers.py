@@ -111,6 +111,10 @@ class PeerExchange:
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self.bound = ""  # the publish endpoint actually bound (port 0 resolved)
+        self.endpoints: set[str] = set()  # the peers' publishers subscribed to
+        # Set once the endpoints are known: at start from ``peers.endpoints``, or at the
+        # first ``set_endpoints`` when they are discovered (``peers.selector``).
+        self._listed = asyncio.Event()
 
     # -- the request path: cheap appends, sent later in one batch -------------------
 
@@ -192,9 +196,9 @@ class PeerExchange:
         sub.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sub.setsockopt(zmq.SUBSCRIBE, wire.LIVE_TOPIC)
         sub.setsockopt(zmq.SUBSCRIBE, wire.replay_topic(self.nonce))
-        for endpoint in cfg.endpoints:
-            sub.connect(endpoint)
         self._pub, self._sub = pub, sub
+        if not cfg.selector:
+            self.set_endpoints(cfg.endpoints)
         self._running = True
         loop = asyncio.get_running_loop()
         for coro, name in (
@@ -205,10 +209,12 @@ class PeerExchange:
         ):
             self._tasks.append(loop.create_task(coro, name=name))
         log.info(
-            "peers: replica %s publishing on %s, subscribed to %d endpoint(s)",
+            "peers: replica %s publishing on %s, %s",
             self.id,
             self.bound or "-",
-            len(cfg.endpoints),
+            f"replicas labelled {cfg.selector}"
+            if cfg.selector
+            else f"subscribed to {len(cfg.endpoints)} endpoint(s)",
         )
 
     async def stop(self) -> None:
@@ -262,8 +268,37 @@ class PeerExchange:
             except Exception:  # a bug must not stop the exchange; the batch is lost
                 table.dropped("error")
                 log.exception("peers: cannot apply a batch from %s", batch.sender)
-            if not self.warmed.is_set() and len(table.replays_done) >= len(self.config.endpoints):
-                self.warmed.set()
+            self._check_warm()
+
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Subscribes to exactly these publishers (at most ``max_peers``): new ones are
+        connected, vanished ones disconnected (their load goes when they go silent)."""
+        sub = self._sub
+        if sub is None:
+            return
+        zmq = _zmq()
+        want = set(list(dict.fromkeys(endpoints))[: self.config.max_peers])
+        for e in self.endpoints - want:
+            with contextlib.suppress(zmq.ZMQError):
+                sub.disconnect(e)
+        for e in want - self.endpoints:
+            try:
+                sub.connect(e)
+            except zmq.ZMQError as err:
+                log.warning("peers: cannot subscribe to %s: %s", e, err)
+                want.discard(e)
+        self.endpoints = want
+        self._listed.set()
+        self._check_warm()
+
+    def _check_warm(self) -> None:
+        listed = self._listed.is_set()
+        if (
+            listed
+            and not self.warmed.is_set()
+            and len(self.table.replays_done) >= len(self.endpoints)
+        ):
+            self.warmed.set()
 
     async def _subscriptions(self) -> None:
         """Replays recent picks to each new subscriber (its ``S<nonce>`` subscription)."""
@@ -318,14 +353,13 @@ class PeerExchange:
         m.child(m.peer_records, "sent", "state").inc()
 
     async def _warmup(self) -> None:
-        if self.config.endpoints:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.warmed.wait(), self.config.warmup)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.warmed.wait(), self.config.warmup)
         if not self.warmed.is_set():
             log.info(
                 "peers: %d of %d endpoint(s) replayed within %.1f s; routing anyway",
                 len(self.table.replays_done),
-                len(self.config.endpoints),
+                len(self.endpoints),
                 self.config.warmup,
             )
         self.warmed.set()

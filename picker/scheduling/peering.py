@@ -10,14 +10,19 @@ reaches every plugin implementing ``on_peer_pick`` (the ``prefix`` index).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
-from picker.datalayer.datastore import Endpoint
+from picker.datalayer.datastore import Datastore, Endpoint
+from picker.observability import Metrics
 from picker.request.types import InferenceRequest
 from picker.scheduling.framework import Plugin
 from picker.scheduling.profile import Profile
 from picker.scheduling.scorers.prefix import PrefixScorer
+
+if TYPE_CHECKING:
+    from picker.config import PeersConfig
+    from picker.datalayer.peers import PeerExchange
 
 
 class Recorder(Protocol):
@@ -52,3 +57,26 @@ def prefix_layout(profile: Profile) -> int:
     fingerprints differ ignore each other's hashes (0: no ``prefix`` plugin)."""
     layouts = sorted({p.layout for p in profile.plugins if isinstance(p, PrefixScorer)})
     return zlib.crc32("|".join(layouts).encode()) if layouts else 0
+
+
+def peer_exchange(
+    config: PeersConfig,
+    datastore: Datastore,
+    metrics: Metrics,
+    profile: Profile,
+    on_peers: Callable[[int], None],
+) -> PeerExchange:
+    """The exchange with the other replicas, its recorder added to the profile."""
+    from picker.datalayer.peers import PeerExchange  # pyzmq: an optional extra
+
+    exchange = PeerExchange(
+        config,
+        datastore,
+        metrics,
+        layout=prefix_layout(profile),
+        on_pick=profile.on_peer_pick,
+        on_done=profile.on_peer_done,
+        on_peers=on_peers,
+    )
+    profile.add_plugin(PeerRecorder(exchange))
+    return exchange

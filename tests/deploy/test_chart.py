@@ -119,6 +119,7 @@ CASES: dict[str, dict[str, Any]] = {
             },
         },
     ),
+    "peers-discovered": merged(MODEL_SERVERS, {"replicas": 3, "peers": {"enabled": True}}),
     "custom-plugins": merged(
         MODEL_SERVERS,
         {
@@ -742,12 +743,15 @@ def test_picker_reads_the_rendered_endpoint_picker_config(case: str) -> None:
         assert settings.model_server == "sglang"
 
 
-def test_peers_render_into_pickers_own_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["peers", "peers-discovered"])
+def test_peers_render_into_pickers_own_config(tmp_path: Path, case: str) -> None:
     """With peers on, the replicas' own config file is mounted and read by picker's CLI
-    as the chart means it: publish on the peers port, subscribe to every replica."""
+    as the chart means it: publish on the peers port, subscribe to every replica (listed,
+    or found as the pods the Deployment makes)."""
     from picker.cli import _parser, config_from_args
+    from picker.datalayer.discovery.selector import parse
 
-    objs = render(CASES["peers"])
+    objs = render(CASES[case])
     c, cm = container(objs), one(objs, "ConfigMap")
     assert {"name": "peers", "containerPort": 5570, "protocol": "TCP"} in c["ports"]
     argv = [*c["command"][1:], *c["args"]]
@@ -758,8 +762,15 @@ def test_peers_render_into_pickers_own_config(tmp_path: Path) -> None:
         argv[argv.index(mounted)] = str(local)
     cfg = config_from_args(_parser().parse_args(argv))
     assert cfg.peers.publish == "tcp://0.0.0.0:5570"
-    assert cfg.peers.endpoints == [f"tcp://picker-{i}.picker.{NS}.svc:5570" for i in range(3)]
-    assert cfg.scheduler is not None and "prefix-cache-scorer" in cfg.scheduler["scorers"]
+    if case == "peers":
+        assert cfg.peers.endpoints == [f"tcp://picker-{i}.picker.{NS}.svc:5570" for i in range(3)]
+        assert not cfg.peers.selector
+    else:
+        assert cfg.peers.endpoints == [] and cfg.discovery.enabled
+        template = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert parse(cfg.peers.selector).matches(template)
+        pool = one(objs, "InferencePool")["spec"]["selector"]["matchLabels"]
+        assert not parse(cfg.peers.selector).matches(pool)  # the model servers are not peers
     off = render(CASES["defaults"])
     assert "picker.yaml" not in one(off, "ConfigMap")["data"]
     assert "--config" not in container(off)["args"]
