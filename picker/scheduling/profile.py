@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import add
 from typing import Any, TypeVar
 
 from picker.datalayer.datastore import Endpoint
@@ -93,12 +94,18 @@ class Profile:
         for producer in self.producers:
             producer.produce(request, candidates)
         n = len(candidates)
-        totals = [0.0] * n
+        totals: list[float] | None = None
         if n > 1:
             for scorer, weight in self.scorers:
+                if not weight:  # declared for its data (a producer), not its score
+                    continue
                 scores = scorer.score(request, candidates)
-                totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
-        return self.picker.pick(request, candidates, totals)
+                if len(scores) != n:
+                    raise ValueError(f"scorer {scorer.name!r}: {len(scores)} scores for {n}")
+                if weight != 1.0:
+                    scores = [weight * s for s in scores]
+                totals = list(scores) if totals is None else list(map(add, totals, scores))
+        return self.picker.pick(request, candidates, totals or [0.0] * n)
 
     def on_pick(self, request: InferenceRequest, endpoint: Endpoint) -> None:
         for o in self._pick_observers:

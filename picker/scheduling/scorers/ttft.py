@@ -285,14 +285,44 @@ class PredictedLatency(DataProducer, Scorer):
         return st.duration / (running + 1)
 
     def produce(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        """``predict`` and the TPOT for every candidate, in one pass.
+
+        The same arithmetic as ``predict``, inlined: at 1,000 candidates the calls were
+        most of the decision. A pod holding none of the prompt needs the same uncached
+        token count as every other such pod: computed once."""
         now = self._clock()
+        pods, pool = self._pods, self._pool
         ttft: dict[str, float] = {}
         tpot: dict[str, float] = {}
+        kv, prefix = request.kv_prefix, request.prefix
+        match = kv if kv is not None else prefix
+        held = match.matched if match is not None else None
+        cold = self.tokens(request, "")  # (no pod has the address "": nothing cached)
         for e in candidates:
-            self.learn(e)
-            ttft[e.address] = self.predict(request, e, now)
-            running = max(e.metrics.running, e.inflight) + 1
-            tpot[e.address] = self.model_of(e.address).tpot_seconds(running)
+            a = e.address
+            st = pods.get(a)
+            if st is None:
+                st = self.pod(a)
+            m = e.metrics
+            if m.scraped_at != st.scraped_at and m.scraped_at:
+                self.learn(e)
+            model = st.model if st.model.samples or pool is None else pool
+            running = m.running if m.running > e.inflight else e.inflight
+            tokens = self.tokens(request, a) if held and a in held else cold
+            c = model.prefill.theta
+            ahead = st.sent - st.done - (now - st.at)
+            if ahead < 0.0:
+                ahead = 0.0
+            if m.waiting:
+                reported = m.waiting * st.mean_work - (now - m.scraped_at)
+                if reported > ahead:
+                    ahead = reported
+            t = model.overhead + ahead + c[0] + c[1] * tokens + c[2] * running
+            if m.num_blocks and st.duration:
+                t += self.kv_wait(e, tokens, running)
+            ttft[a] = t
+            d = model.tpot.theta
+            tpot[a] = d[0] + d[1] * (running + 1)
         pred = LatencyPrediction(ttft, tpot)
         if request.slo_ttft is not None or request.slo_tpot is not None:
             pred.unmeetable = not any(self._meets(request, pred, e.address) for e in candidates)

@@ -275,3 +275,28 @@ def test_an_exact_match_counts_the_prompt_in_the_pods_tokens() -> None:
     # two lengths.
     r.kv_prefix = PrefixMatch([0] * 10, {}, lambda k: k * 100.0, 1000, truncated=True)
     assert s.tokens(r, other.address) == pytest.approx(4000.0)
+
+
+def test_produce_predicts_as_predict_does() -> None:
+    """``produce`` inlines ``predict`` for speed: both give the same numbers, for pods
+    holding part of the prompt or none, queued, scraped with a queue, with a full KV
+    cache, learned or not."""
+    clock = Clock()
+    s = plugin(clock)
+    pods = [Endpoint(f"10.0.0.{i}:8000") for i in range(6)]
+    pods[1].metrics = EndpointMetrics(waiting=2, running=5, scraped_at=clock.t - 0.01)
+    pods[2].inflight = 7
+    pods[3].metrics = EndpointMetrics(kv_usage=0.99, num_blocks=100, block_size=16)
+    for i, p in enumerate(pods):
+        s.on_pick(req(400 * (i + 1)), p)
+        s.on_done(req(10), p, True)
+    for i in range(4):
+        s.on_pick(req(300), pods[i % 3])
+    s.pod(pods[3].address).duration = 0.4
+    clock.t += 0.01
+    r = req(1000, {pods[0].address: 4, pods[3].address: 9})
+    s.produce(r, pods)
+    assert r.latency is not None
+    for p in pods:
+        assert r.latency.ttft[p.address] == pytest.approx(s.predict(r, p, clock.t))
+    assert r.latency.ttft[pods[3].address] > r.latency.ttft[pods[4].address]  # KV full
