@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import time
 from typing import Any
 
 import orjson
@@ -42,6 +43,22 @@ def run(port: int, body: bytes, concurrency: int, duration: float) -> loadgen.Re
     return loadgen.run_blocking(port, req, concurrency=concurrency, duration=duration)
 
 
+def measured(
+    port: int, body: bytes, c: int, duration: float, pids: dict[str, list[int]]
+) -> tuple[loadgen.Result, dict[str, float]]:
+    """One closed-loop level, with each process group's CPU per request (µs): where
+    the two cores went (``client`` is this process: the load generator)."""
+    req = loadgen.build_request("/v1/chat/completions", body)
+    loadgen.run_blocking(port, req, concurrency=c, total=2 * c)  # warm
+    before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
+    t0 = time.process_time()
+    res = loadgen.run_blocking(port, req, concurrency=c, duration=duration)
+    n = max(1, len(res.latencies))
+    cpu = {k: (sum(cpu_seconds(p) for p in v) - before[k]) / n * 1e6 for k, v in pids.items()}
+    cpu["client"] = (time.process_time() - t0) / n * 1e6
+    return res, cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--body-kb", type=int, default=220)
@@ -66,7 +83,12 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with Stack(pods=args.pods, backend="echo", target="round_robin", tls=False) as direct:
         pods = direct.pod_addresses
-        base = {c: run(direct.port, body, c, args.duration) for c in levels}
+        echo = [p.pid for name, p in direct.procs.children if name == "echo"]
+        d_envoy = [p.pid for name, p in direct.procs.children if name == "envoy"]
+        base = {
+            c: measured(direct.port, body, c, args.duration, {"envoy": d_envoy, "echo": echo})
+            for c in levels
+        }
         with Stack(
             pods=args.pods,
             pod_addresses=pods,
@@ -78,19 +100,17 @@ def main() -> None:
             pid = next(p.pid for name, p in st.procs.children if name == "picker")
             envoy = next(p.pid for name, p in st.procs.children if name == "envoy")
             for c in levels:
-                cpu0, ecpu0 = cpu_seconds(pid), cpu_seconds(envoy)
-                res = run(st.port, body, c, args.duration)
-                n = max(1, len(res.latencies))
-                cpu = (cpu_seconds(pid) - cpu0) / n * 1e6
-                ecpu = (cpu_seconds(envoy) - ecpu0) / n * 1e6
-                b = base[c]
+                groups = {"picker": [pid], "envoy": [envoy], "echo": echo}
+                res, cpu = measured(st.port, body, c, args.duration, groups)
+                b, bcpu = base[c]
                 rows.append(
                     {
                         "c": c,
                         "direct": (b.pct(50) * 1e3, b.pct(90) * 1e3, b.rps),
                         "picker": (res.pct(50) * 1e3, res.pct(90) * 1e3, res.rps),
-                        "cpu": cpu,
-                        "envoy_cpu": ecpu,
+                        "cpu": cpu["picker"],
+                        "envoy_cpu": cpu["envoy"],
+                        "split": (bcpu, cpu),
                         "bad": {
                             k: v for k, v in {**b.statuses, **res.statuses}.items() if k != 200
                         },
@@ -114,6 +134,14 @@ def main() -> None:
             f"{p50 - d50:+8.1f}/{p90 - d90:<+8.1f} {drps:10.0f} {prps:10.0f} {r['cpu']:10.0f} "
             f"{r['envoy_cpu']:16.0f}"
         )
+        bcpu, cpu = r["split"]
+        for arm, split, rps in (("direct", bcpu, drps), ("picker", cpu, prps)):
+            total = sum(split.values())
+            parts = ", ".join(f"{k} {v:.0f}" for k, v in split.items())
+            print(
+                f"     {arm:>6}: CPU us/req {parts}; total {total:.0f} "
+                f"(x {rps:.0f} req/s = {total * rps / 1e6:.2f} cores)"
+            )
         if r["bad"]:
             print(f"     non-200 statuses: {r['bad']}")
 

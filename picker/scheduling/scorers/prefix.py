@@ -72,23 +72,36 @@ def _block_ends(
     """End offsets of the blocks covering ``n`` bytes (the last one may pass ``n``)."""
     if not n:
         return []
-    # Without a limit, n // block_chars + 1 blocks always cover n bytes (blocks only grow).
-    blocks = max_blocks or n // block_chars + 1
-    ends = _layout(block_chars, double_every, max_block_chars, blocks)
-    return ends[: bisect.bisect_left(ends, n) + 1]
+    ends = _layout(block_chars, double_every, max_block_chars)
+    while ends[-1] < n and (not max_blocks or len(ends) < max_blocks):
+        _grow(ends, block_chars, double_every, max_block_chars)
+    k = bisect.bisect_left(ends, n) + 1
+    return ends[: min(k, max_blocks) if max_blocks else k]
 
 
 @functools.lru_cache(maxsize=8)
-def _layout(block_chars: int, double_every: int, max_block_chars: int, blocks: int) -> list[int]:
-    """The end offsets of the first ``blocks`` blocks of a layout (computed once)."""
-    out: list[int] = []
-    end, size, cap = 0, block_chars, max_block_chars or (1 << 40)
-    for i in range(1, blocks + 1):
+def _layout(block_chars: int, double_every: int, max_block_chars: int) -> list[int]:
+    """The end offsets of a layout's blocks, as far as a prompt needed them so far
+    (grown in place by ``_grow``; one list per layout, whatever the prompt's length)."""
+    ends: list[int] = []
+    _grow(ends, block_chars, double_every, max_block_chars)
+    return ends
+
+
+def _grow(ends: list[int], block_chars: int, double_every: int, max_block_chars: int) -> None:
+    """Appends the next 64 blocks of the layout to ``ends``."""
+    cap = max_block_chars or (1 << 40)
+    i = len(ends)
+    end = ends[-1] if ends else 0
+    size = block_chars
+    if double_every:
+        for _ in range(i // double_every):
+            size = max(size, min(2 * size, cap))
+    for i in range(i + 1, i + 65):
         end += size
-        out.append(end)
+        ends.append(end)
         if double_every and i % double_every == 0:
             size = max(size, min(2 * size, cap))
-    return out
 
 
 def prefix_chars(blocks: int, block_chars: int, double_every: int, max_block_chars: int) -> int:
