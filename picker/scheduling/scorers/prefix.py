@@ -91,13 +91,13 @@ def _layout(block_chars: int, double_every: int, max_block_chars: int) -> list[i
 def _grow(ends: list[int], block_chars: int, double_every: int, max_block_chars: int) -> None:
     """Appends the next 64 blocks of the layout to ``ends``."""
     cap = max_block_chars or (1 << 40)
-    i = len(ends)
+    have = len(ends)
     end = ends[-1] if ends else 0
     size = block_chars
     if double_every:
-        for _ in range(i // double_every):
+        for _ in range(have // double_every):
             size = max(size, min(2 * size, cap))
-    for i in range(i + 1, i + 65):
+    for i in range(have + 1, have + 65):
         end += size
         ends.append(end)
         if double_every and i % double_every == 0:
