@@ -16,7 +16,7 @@ Scorers, pickers and accounting read these fields; nothing writes them afterward
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -71,6 +71,10 @@ class PrefixMatch:
     tokens_of: Callable[[int], float] = _no_tokens
     prompt_tokens: int = 0
     truncated: bool = False
+    # Free room per pod in the index's view of its cache, in blocks (absent: unknown),
+    # and the (estimated) tokens one block holds: where a new prefix would evict others.
+    free_blocks: Mapping[str, int] | None = None
+    block_tokens: float = 0.0
 
     @property
     def blocks(self) -> int:
@@ -96,6 +100,9 @@ class LatencyPrediction:
 
     ttft: dict[str, float]
     tpot: dict[str, float]
+    # Seconds of prefill the request's new blocks would cost later by evicting cached
+    # prefixes of other requests (pods whose cache is full); ranked with ``ttft``.
+    evict: dict[str, float] = field(default_factory=dict)
     unmeetable: bool = False
     chosen: str = ""  # the address the request was sent to
     position: float = 0.0  # the latency model's bookkeeping on that pod (``ttft.py``)

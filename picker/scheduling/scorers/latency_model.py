@@ -22,6 +22,7 @@ learned coefficients (the median over the pods that have them), else the priors.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 from picker.datalayer.datastore import EndpointMetrics
@@ -222,3 +223,79 @@ class PodModel:
     def adopt(self, other: PodModel) -> None:
         """Takes ``other``'s prefill coefficients (a pod that cannot learn its own)."""
         self.prefill.theta[:] = other.prefill.theta
+
+
+class PodState:
+    """Per-pod state: the learned model, the backlog, the interval's predictions.
+
+    The backlog is kept as two running totals of prefill work, in seconds: ``sent``
+    (every request picker sent) and ``done`` (drained as time passes while work is
+    queued, FIFO). A request's position is ``sent`` just after it; when its response
+    ends, everything up to its position is certainly prefilled.
+    """
+
+    __slots__ = (
+        "at",
+        "done",
+        "duration",
+        "est_n",
+        "est_sum",
+        "kv_done",
+        "kv_sent",
+        "mean_work",
+        "model",
+        "peer_positions",
+        "pred_n",
+        "pred_sum",
+        "scraped_at",
+        "sent",
+    )
+
+    def __init__(self, priors: Priors) -> None:
+        # Positions of peer replicas' requests (``peers``), oldest first: a peer's
+        # response end proves its oldest one prefilled (bounded; a lost end is drained
+        # by time like everything else).
+        self.peer_positions: deque[float] = deque(maxlen=4096)
+        self.model = PodModel(priors)
+        self.sent = 0.0
+        self.done = 0.0
+        self.at = 0.0  # when ``done`` was last advanced
+        self.mean_work = 0.0  # moving average of one request's predicted prefill
+        self.scraped_at = 0.0  # the scrape last learned from
+        self.pred_sum = 0.0  # predictions of the requests sent since that scrape
+        self.pred_n = 0
+        # KV cache: prompt tokens sent and released since that scrape; how long a
+        # request holds its blocks (moving average of pick → response end, seconds).
+        self.kv_sent = 0.0
+        self.kv_done = 0.0
+        self.duration = 0.0
+        self.est_sum = 0.0  # picker's prompt-token estimates of the requests sent since
+        self.est_n = 0
+
+    def advance(self, now: float) -> None:
+        done = self.done + (now - self.at)
+        self.done = done if done < self.sent else self.sent
+        self.at = now
+
+    def backlog(self, now: float) -> float:
+        left = self.sent - self.done - (now - self.at)
+        return left if left > 0 else 0.0
+
+
+def pool_mean(learned: list[PodModel], priors: Priors) -> PodModel | None:
+    """A model whose coefficients are the mean of the learned pods'."""
+    if not learned:
+        return None
+    mean = PodModel(priors)
+    n = len(learned)
+    for fit, of in ((mean.prefill.theta, "prefill"), (mean.tpot.theta, "tpot")):
+        for i in range(len(fit)):
+            fit[i] = sum(getattr(mo, of).theta[i] for mo in learned) / n
+    mean.overhead = sum(mo.overhead for mo in learned) / n
+    return mean
+
+
+def pool_median(learned: list[PodModel]) -> PodModel | None:
+    """The learned pod of median speed (seconds per token)."""
+    ranked = sorted(learned, key=lambda mo: mo.seconds_per_token)
+    return ranked[len(ranked) // 2] if ranked else None

@@ -125,6 +125,7 @@ class PrefixIndex:
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._where: dict[int, set[str]] = {}
         self.capacity_for: dict[str, int] = {}
+        self.free: dict[str, int] = {}  # capacity - blocks held, per pod recorded
 
     def __len__(self) -> int:
         return len(self._where)
@@ -158,10 +159,12 @@ class PrefixIndex:
                 pods.discard(address)
                 if not pods:
                     del where[old]
+        self.free[address] = cap - len(lru)
 
     def forget(self, address: str) -> int:
         """Drops every block recorded for ``address`` (a removed pod); returns how many."""
         self.capacity_for.pop(address, None)
+        self.free.pop(address, None)
         lru = self._lru.pop(address, None)
         if not lru:
             return 0
@@ -250,7 +253,13 @@ class PrefixScorer(DataProducer, Scorer):
             else []
         )
         matched = self.index.match(hashes, [e.address for e in candidates])
-        request.prefix = PrefixMatch(hashes, matched, self._tokens_of)
+        request.prefix = PrefixMatch(
+            hashes,
+            matched,
+            self._tokens_of,
+            free_blocks=self.index.free,
+            block_tokens=self.block_chars / self.chars_per_token,
+        )
 
     def _tokens_of(self, blocks: int) -> float:
         chars = prefix_chars(blocks, self.block_chars, self.double_every, self.max_block_chars)

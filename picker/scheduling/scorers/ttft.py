@@ -17,7 +17,13 @@ For a request and a candidate pod the prediction, in seconds, is
 
 A busy holder of a hot prefix stops winning once its backlog exceeds the cost of
 recomputing the prefix elsewhere, so a prefix most traffic shares spreads over several
-pods. The score is ``best / predicted`` (1.0 for the fastest); pods predicted within
+pods. Pods are ranked by the prediction plus what the request's new blocks would cost
+later: on a pod whose cache the prefix index sees full, they evict other prompts'
+blocks, whose prefill comes back when those prompts do (``evict_weight`` x the evicted
+tokens' prefill time); so a new prefix goes to a pod with room instead of displacing
+the groups a busier pod holds.
+
+The score is ``best / ranked`` (1.0 for the fastest); pods ranked within
 ``tolerance`` (10 %) + ``resolution_s`` (2 ms) of the best also score 1.0: a tie, which
 the ``max_score`` picker gives to the least recently picked. Two pods the model cannot
 tell apart (identical pods whose learned coefficients differ by noise) then share the
@@ -31,7 +37,8 @@ and the director answers a sheddable request 429 at once.
 
 Parameters: ``tokens_per_second`` (33000), ``request_s`` (0.003), ``overhead_s``
 (0.007), ``tpot_s`` (0.007), ``forgetting`` (0.95): the priors every pod starts from;
-``tolerance`` (0.1), ``resolution_s`` (0.002); ``expose`` (false): add
+``tolerance`` (0.1), ``resolution_s`` (0.002), ``evict_weight`` (0.5: the chance an
+evicted prefix is asked for again, as a weight); ``expose`` (false): add
 ``x-picker-predicted-ttft-ms`` and ``x-picker-predicted-tpot-ms`` to the response (the
 prediction for the pod that served).
 """
@@ -39,14 +46,19 @@ prediction for the pod that served).
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from picker.datalayer.datastore import Endpoint
 from picker.observability import Metrics
 from picker.request.types import InferenceRequest, LatencyPrediction
 from picker.scheduling.framework import DataProducer, Handle, Params, Scorer, TokenScale
-from picker.scheduling.scorers.latency_model import PodModel, Priors
+from picker.scheduling.scorers.latency_model import (
+    PodModel,
+    PodState,
+    Priors,
+    pool_mean,
+    pool_median,
+)
 
 TTFT_HEADER = "x-picker-predicted-ttft-ms"
 TPOT_HEADER = "x-picker-predicted-tpot-ms"
@@ -54,63 +66,6 @@ MISS_FACTOR = 0.01  # a pod predicted to miss the request's target, while others
 RELAX_RATE = 0.2  # per scrape without traffic, towards the pool's mean (``relax``)
 KV_FULL = 0.95  # a pod's KV cache counts as full past this share of its blocks
 POOL_EVERY_S = 1.0  # how often the pool's median and mean models are recomputed
-
-
-class _Pod:
-    """Per-pod state: the learned model, the backlog, the interval's predictions.
-
-    The backlog is kept as two running totals of prefill work, in seconds: ``sent``
-    (every request picker sent) and ``done`` (drained as time passes while work is
-    queued, FIFO). A request's position is ``sent`` just after it; when its response
-    ends, everything up to its position is certainly prefilled.
-    """
-
-    __slots__ = (
-        "at",
-        "done",
-        "duration",
-        "est_n",
-        "est_sum",
-        "kv_done",
-        "kv_sent",
-        "mean_work",
-        "model",
-        "peer_positions",
-        "pred_n",
-        "pred_sum",
-        "scraped_at",
-        "sent",
-    )
-
-    def __init__(self, priors: Priors) -> None:
-        # Positions of peer replicas' requests (``peers``), oldest first: a peer's
-        # response end proves its oldest one prefilled (bounded; a lost end is drained
-        # by time like everything else).
-        self.peer_positions: deque[float] = deque(maxlen=4096)
-        self.model = PodModel(priors)
-        self.sent = 0.0
-        self.done = 0.0
-        self.at = 0.0  # when ``done`` was last advanced
-        self.mean_work = 0.0  # moving average of one request's predicted prefill
-        self.scraped_at = 0.0  # the scrape last learned from
-        self.pred_sum = 0.0  # predictions of the requests sent since that scrape
-        self.pred_n = 0
-        # KV cache: prompt tokens sent and released since that scrape; how long a
-        # request holds its blocks (moving average of pick → response end, seconds).
-        self.kv_sent = 0.0
-        self.kv_done = 0.0
-        self.duration = 0.0
-        self.est_sum = 0.0  # picker's prompt-token estimates of the requests sent since
-        self.est_n = 0
-
-    def advance(self, now: float) -> None:
-        done = self.done + (now - self.at)
-        self.done = done if done < self.sent else self.sent
-        self.at = now
-
-    def backlog(self, now: float) -> float:
-        left = self.sent - self.done - (now - self.at)
-        return left if left > 0 else 0.0
 
 
 class PredictedLatency(DataProducer, Scorer):
@@ -142,13 +97,16 @@ class PredictedLatency(DataProducer, Scorer):
         if not 0.5 <= pr.forgetting <= 1.0:
             raise ValueError(f"plugin {self.name!r}: forgetting must be in [0.5, 1]")
         self.expose = p.flag("expose", False)
+        self.evict_weight = p.number("evict_weight", 0.5)
+        if self.evict_weight < 0:
+            raise ValueError(f"plugin {self.name!r}: evict_weight must be >= 0")
         self.resolution = p.number("resolution_s", 0.002)
         self.tolerance = p.number("tolerance", 0.1)
         if self.resolution < 0 or self.tolerance < 0:
             raise ValueError(f"plugin {self.name!r}: resolution_s, tolerance must be >= 0")
         self._metrics = handle.metrics if handle is not None else Metrics()
         self._clock = clock
-        self._pods: dict[str, _Pod] = {}
+        self._pods: dict[str, PodState] = {}
         self._pool: PodModel | None = None  # the median learned pod: for pods that can't
         self._pool_mean: PodModel | None = None  # what idle pods' estimates fade into
         self._pool_at = 0.0
@@ -159,10 +117,10 @@ class PredictedLatency(DataProducer, Scorer):
 
     # -- learning ---------------------------------------------------------------------
 
-    def pod(self, address: str) -> _Pod:
+    def pod(self, address: str) -> PodState:
         st = self._pods.get(address)
         if st is None:
-            st = self._pods[address] = _Pod(self.priors)
+            st = self._pods[address] = PodState(self.priors)
         return st
 
     def model_of(self, address: str) -> PodModel:
@@ -207,24 +165,10 @@ class PredictedLatency(DataProducer, Scorer):
                 self._pool_mean = self._mean()
 
     def _mean(self) -> PodModel | None:
-        """A model whose coefficients are the mean of the learned pods'."""
-        learned = [s.model for s in self._pods.values() if s.model.samples]
-        if not learned:
-            return None
-        mean = PodModel(self.priors)
-        n = len(learned)
-        for fit, of in ((mean.prefill.theta, "prefill"), (mean.tpot.theta, "tpot")):
-            for i in range(len(fit)):
-                fit[i] = sum(getattr(mo, of).theta[i] for mo in learned) / n
-        mean.overhead = sum(mo.overhead for mo in learned) / n
-        return mean
+        return pool_mean([s.model for s in self._pods.values() if s.model.samples], self.priors)
 
     def _median(self) -> PodModel | None:
-        learned = sorted(
-            (s.model for s in self._pods.values() if s.model.samples),
-            key=lambda mo: mo.seconds_per_token,
-        )
-        return learned[len(learned) // 2] if learned else None
+        return pool_median([s.model for s in self._pods.values() if s.model.samples])
 
     # -- predicting -------------------------------------------------------------------
 
@@ -298,6 +242,15 @@ class PredictedLatency(DataProducer, Scorer):
         match = kv if kv is not None else prefix
         held = match.matched if match is not None else None
         cold = self.tokens(request, "")  # (no pod has the address "": nothing cached)
+        # Where the index says a pod's cache is full, the request's new blocks evict
+        # other prompts' (approximate match only: KV events carry no room).
+        evict: dict[str, float] = {}
+        free = prefix.free_blocks if kv is None and prefix is not None else None
+        if free is not None and self.evict_weight and prefix is not None:
+            room_tokens = prefix.block_tokens * self._scale.value
+            weight = self.evict_weight
+        else:
+            free = None
         for e in candidates:
             a = e.address
             st = pods.get(a)
@@ -321,9 +274,13 @@ class PredictedLatency(DataProducer, Scorer):
             if m.num_blocks and st.duration:
                 t += self.kv_wait(e, tokens, running)
             ttft[a] = t
+            if free is not None:
+                room = free.get(a)
+                if room is not None and tokens > room * room_tokens:
+                    evict[a] = weight * c[1] * (tokens - room * room_tokens)
             d = model.tpot.theta
             tpot[a] = d[0] + d[1] * (running + 1)
-        pred = LatencyPrediction(ttft, tpot)
+        pred = LatencyPrediction(ttft, tpot, evict)
         if request.slo_ttft is not None or request.slo_tpot is not None:
             pred.unmeetable = not any(self._meets(request, pred, e.address) for e in candidates)
         request.latency = pred
@@ -339,8 +296,11 @@ class PredictedLatency(DataProducer, Scorer):
             self.produce(request, candidates)
             pred = request.latency
             assert pred is not None
-        ttft = pred.ttft
-        preds = [ttft[e.address] for e in candidates]
+        ttft, evict = pred.ttft, pred.evict
+        if evict:
+            preds = [ttft[e.address] + evict.get(e.address, 0.0) for e in candidates]
+        else:
+            preds = [ttft[e.address] for e in candidates]
         best = min(preds)
         # Within the model's resolution of the best, pods tie (the picker takes the
         # least recently picked): two pods the model cannot tell apart share the work

@@ -300,3 +300,33 @@ def test_produce_predicts_as_predict_does() -> None:
     for p in pods:
         assert r.latency.ttft[p.address] == pytest.approx(s.predict(r, p, clock.t))
     assert r.latency.ttft[pods[3].address] > r.latency.ttft[pods[4].address]  # KV full
+
+
+def test_a_new_prefix_goes_where_it_evicts_nothing() -> None:
+    """A cold prompt placed on a pod whose cache (in the index's view) is full evicts
+    other prompts' blocks, which cost their prefill again later: that cost counts, so a
+    slightly faster but full pod loses to one with room; with both full it cancels."""
+    clock = Clock()
+    s = plugin(clock, evict_weight=1.0)
+    full, roomy = Endpoint("10.0.0.1:8000"), Endpoint("10.0.0.2:8000")
+    s.pod(roomy.address).sent = s.pod(roomy.address).done = 0.0
+
+    def cold(free: dict[str, int]) -> InferenceRequest:
+        r = req(1000)
+        r.prefix = PrefixMatch([0] * 10, {}, lambda k: k * 100.0, free_blocks=free)
+        r.prefix.block_tokens = 100.0
+        return r
+
+    s.on_pick(req(30), full)
+    s.on_done(req(30), full, True)
+    s.on_pick(req(200), roomy)  # roomy has 20 ms of backlog: full predicts faster
+    r = cold({full.address: 0, roomy.address: 50})
+    scores = s.score(r, [full, roomy])
+    assert r.latency is not None and r.latency.ttft[full.address] < r.latency.ttft[roomy.address]
+    assert r.latency.evict == {full.address: pytest.approx(0.1)}  # 1,000 tokens at 10k/s
+    assert scores[1] == 1.0 and scores[0] < 1.0
+    r = cold({full.address: 0, roomy.address: 0})  # both full: the faster one again
+    assert s.score(r, [full, roomy])[0] == 1.0
+    r = cold({full.address: 0, roomy.address: 50})
+    r.kv_prefix = PrefixMatch([0] * 10, {}, lambda k: k * 100.0, 1000)  # exact: no room
+    assert s.score(r, [full, roomy])[0] == 1.0
