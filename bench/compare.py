@@ -433,6 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     progress.start(f"{target.label} {workload} @{arrival.mean_rate:g}/s")
                     addrs = sim.fresh() if target.needs_pods else []
                     events = sim.events if target.sharing == "kv_events" else {}
+                    observed: dict[str, float] = {}
                     with targets.launch(
                         target,
                         addrs,
@@ -441,10 +442,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         keep_logs=args.keep_logs,
                         kv_events=events,
                         precise=real_precise_entry(events) if real and events else None,
+                        observed=observed if real else None,
                     ) as url:
                         summary = asyncio.run(
                             measure(url, specs, addrs, concurrency, progress, args.time_scale)
                         )
+                    if real and target.kind == "picker":  # real pods do not count renders
+                        summary["observation_share"] = observed.get("observation_share", 0.0)
                     progress.end(summary)
                     results.append(
                         {

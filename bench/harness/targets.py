@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -147,11 +148,14 @@ def launch(
     keep_logs: bool = False,
     kv_events: dict[str, str] | None = None,
     precise: dict[str, Any] | None = None,
+    observed: dict[str, float] | None = None,
 ) -> Iterator[str]:
     """Starts ``target`` over ``pods`` (host:port); yields the base URL to send to.
 
     ``kv_events`` (pod -> publisher) and ``precise`` (the plugin entry; None: the
-    simulator's) serve targets sharing ``kv_events``."""
+    simulator's) serve targets sharing ``kv_events``. ``observed``, when given, gets
+    picker's own account of what its polling cost the pods at the end of the run
+    (``observation_share``: see ``observation_share``)."""
     if target.kind == "url":
         yield target.url.rstrip("/")
         return
@@ -177,6 +181,31 @@ def launch(
         )
         with stack:
             yield stack.url
+            if observed is not None:
+                observed.update(observation_share(stack.picker_metrics_ports))
         return
     with Procs(keep_logs=keep_logs) as procs:
         yield start_router(procs, target.kind, target.policy, pods)
+
+
+def observation_share(metrics_ports: list[int]) -> dict[str, float]:
+    """What picker's polls cost the pods, by picker's own gauge (each poll's response
+    time over the last 10 s, ``picker_pod_observation_share``): summed over replicas
+    per pod, averaged over pods. For real pods, which do not count their renders."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    per_pod: dict[str, float] = {}
+    for port in metrics_ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "picker_pod_observation_share":
+                    pod = sample.labels.get("model_server_pod", "")
+                    per_pod[pod] = per_pod.get(pod, 0.0) + sample.value
+    if not per_pod:
+        return {}
+    return {"observation_share": sum(per_pod.values()) / len(per_pod)}

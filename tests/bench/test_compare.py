@@ -133,3 +133,28 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert sum(r["pod_requests"].values()) == 12
         assert r["prefix_query_tokens"] > 0
         assert set(r["pod_share"]) <= set(r["pod_requests"])
+
+
+def test_observation_share_sums_replicas_per_pod_and_averages_pods() -> None:
+    """For real pods (which count no renders) the harness reads picker's own gauge."""
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    from bench.harness.targets import observation_share
+    from bench.stack.procs import free_port
+
+    ports, servers = [], []
+    for shares in ({"a": 0.004, "b": 0.006}, {"a": 0.002, "b": 0.0}):
+        reg = CollectorRegistry()
+        g = Gauge("picker_pod_observation_share", "", ["name", "model_server_pod"], registry=reg)
+        for pod, v in shares.items():
+            g.labels("", pod).set(v)
+        port = free_port()
+        servers.append(start_http_server(port, addr="127.0.0.1", registry=reg)[0])
+        ports.append(port)
+    try:
+        got = observation_share([*ports, free_port()])  # a replica that is gone: skipped
+        assert got["observation_share"] == pytest.approx((0.006 + 0.006) / 2)
+        assert observation_share([free_port()]) == {}
+    finally:
+        for s in servers:
+            s.shutdown()
