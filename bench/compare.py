@@ -433,7 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     progress.start(f"{target.label} {workload} @{arrival.mean_rate:g}/s")
                     addrs = sim.fresh() if target.needs_pods else []
                     events = sim.events if target.sharing == "kv_events" else {}
-                    observed: dict[str, float] = {}
+                    observed: dict[str, Any] = {}
                     with targets.launch(
                         target,
                         addrs,
@@ -449,6 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         )
                     if real and target.kind == "picker":  # real pods do not count renders
                         summary["observation_share"] = observed.get("observation_share", 0.0)
+                        summary["picker_gauges"] = observed.get("pod_gauges", {})
                     progress.end(summary)
                     results.append(
                         {

@@ -148,7 +148,7 @@ def launch(
     keep_logs: bool = False,
     kv_events: dict[str, str] | None = None,
     precise: dict[str, Any] | None = None,
-    observed: dict[str, float] | None = None,
+    observed: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """Starts ``target`` over ``pods`` (host:port); yields the base URL to send to.
 
@@ -188,14 +188,27 @@ def launch(
         yield start_router(procs, target.kind, target.policy, pods)
 
 
-def observation_share(metrics_ports: list[int]) -> dict[str, float]:
+# picker's per-pod gauges kept with each run on real pods (the results JSON), to see
+# what the latency model believed about each pod at the end.
+DIAGNOSTIC_GAUGES = (
+    "picker_pod_observation_share",
+    "picker_pod_predicted_ttft_seconds",
+    "picker_pod_observed_ttft_seconds",
+    "picker_pod_prefill_tokens_per_second",
+    "picker_pod_scrape_interval_seconds",
+)
+
+
+def observation_share(metrics_ports: list[int]) -> dict[str, Any]:
     """What picker's polls cost the pods, by picker's own gauge (each poll's response
     time over the last 10 s, ``picker_pod_observation_share``): summed over replicas
-    per pod, averaged over pods. For real pods, which do not count their renders."""
+    per pod, averaged over pods. For real pods, which do not count their renders.
+    ``pod_gauges`` has the ``DIAGNOSTIC_GAUGES`` per replica and pod."""
     from prometheus_client.parser import text_string_to_metric_families
 
     per_pod: dict[str, float] = {}
-    for port in metrics_ports:
+    gauges: dict[str, dict[str, float]] = {}
+    for i, port in enumerate(metrics_ports):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 text = r.read().decode()
@@ -203,9 +216,12 @@ def observation_share(metrics_ports: list[int]) -> dict[str, float]:
             continue
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
+                if sample.name not in DIAGNOSTIC_GAUGES:
+                    continue
+                pod = sample.labels.get("model_server_pod") or sample.labels.get("endpoint", "")
+                gauges.setdefault(sample.name, {})[f"{i}/{pod}"] = sample.value
                 if sample.name == "picker_pod_observation_share":
-                    pod = sample.labels.get("model_server_pod", "")
                     per_pod[pod] = per_pod.get(pod, 0.0) + sample.value
     if not per_pod:
         return {}
-    return {"observation_share": sum(per_pod.values()) / len(per_pod)}
+    return {"observation_share": sum(per_pod.values()) / len(per_pod), "pod_gauges": gauges}
