@@ -77,11 +77,17 @@ def main() -> None:
         default="FULL_DUPLEX_STREAMED",
         help="Envoy's ext_proc request_body_mode (FULL_DUPLEX_STREAMED or BUFFERED)",
     )
+    ap.add_argument(
+        "--envoy-concurrency", type=int, default=1, help="Envoy worker threads (both arms)"
+    )
     args = ap.parse_args()
     body = chat_body(args.body_kb)
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[dict[str, Any]] = []
-    with Stack(pods=args.pods, backend="echo", target="round_robin", tls=False) as direct:
+    ec = args.envoy_concurrency
+    with Stack(
+        pods=args.pods, backend="echo", target="round_robin", tls=False, envoy_concurrency=ec
+    ) as direct:
         pods = direct.pod_addresses
         echo = [p.pid for name, p in direct.procs.children if name == "echo"]
         d_envoy = [p.pid for name, p in direct.procs.children if name == "envoy"]
@@ -96,6 +102,7 @@ def main() -> None:
             picker_config={"scrape": {"enabled": False}, "transport": args.transport},
             envoy_options={"request_body_mode": args.request_mode, "response_body_mode": "NONE"},
             tls=args.tls,
+            envoy_concurrency=ec,
         ) as st:
             pid = next(p.pid for name, p in st.procs.children if name == "picker")
             envoy = next(p.pid for name, p in st.procs.children if name == "envoy")
