@@ -40,7 +40,6 @@ from picker.transport.frames import (
     END_STREAM,
     GOAWAY,
     HEADERS,
-    MAX_WINDOW,
     PADDED,
     PING,
     PREFACE,
@@ -53,7 +52,8 @@ from picker.transport.frames import (
     WINDOW_UPDATE,
     frame,
 )
-from picker.transport.h2output import ConnectionState, OpenStream
+from picker.transport.h2control import ControlFrames
+from picker.transport.h2output import OpenStream
 from picker.transport.h2state import (
     COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
@@ -63,26 +63,22 @@ from picker.transport.h2state import (
     GRPC_RESOURCE_EXHAUSTED,
     GRPC_UNIMPLEMENTED,
     INTERNAL_ERROR,
-    MAX_FRAME,
-    MIN_FRAME,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
-    S_ENABLE_PUSH,
-    S_INITIAL_WINDOW_SIZE,
-    S_MAX_FRAME_SIZE,
     STREAM_CLOSED,
     Limits,
     ProtocolError,
     Stream,
     StreamHandler,
 )
+from picker.transport.hpack_scan import keeps_table
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GrpcConnection", "Limits", "OpenStream", "StreamHandler"]
 
 
-class GrpcConnection(ConnectionState):
+class GrpcConnection(ControlFrames):
     """The server side of one HTTP/2 connection; see the module doc."""
 
     def receive(self, data: bytes) -> None:
@@ -210,10 +206,6 @@ class GrpcConnection(ConnectionState):
         else:
             self._calm("unknown frames")  # ignored, as RFC 9113 says, but not for free
 
-    def _calm(self, what: str) -> None:
-        if not self._control.take():
-            raise ProtocolError(ENHANCE_YOUR_CALM, what)
-
     def _strip_padding(self, flags: int, payload: memoryview, extra: int = 0) -> memoryview:
         start, end = 0, len(payload)
         if flags & PADDED:
@@ -269,7 +261,7 @@ class GrpcConnection(ConnectionState):
             if k == b":path":
                 path = bytes(v).decode("latin-1")
                 break
-        if _keeps_table(block):
+        if keeps_table(block):
             # Decoding did not touch the dynamic table, so the same bytes mean the same
             # headers until a block that does change it arrives. Envoy sends the same
             # block for every ext_proc stream after its first few.
@@ -437,143 +429,3 @@ class GrpcConnection(ConnectionState):
         self._recv_owed = 0
         self.conn_recv_window += owed
         self._out.append(frame(WINDOW_UPDATE, 0, 0, U32.pack(owed)))
-
-    def _on_settings(self, flags: int, sid: int, payload: memoryview) -> None:
-        if sid:
-            raise ProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & ACK:
-            if payload:
-                raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
-            self.settings_acked = True
-            return
-        if len(payload) % 6:
-            raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
-        self._calm("SETTINGS flood")
-        for off in range(0, len(payload), 6):
-            ident = (payload[off] << 8) | payload[off + 1]
-            value = U32.unpack_from(payload, off + 2)[0]
-            if ident == S_INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise ProtocolError(
-                        FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large"
-                    )
-                delta = value - self.peer_initial_window
-                self.peer_initial_window = value
-                for st in self.streams.values():
-                    st.send_window += delta
-                    if st.send_window > MAX_WINDOW:
-                        raise ProtocolError(FLOW_CONTROL_ERROR, "stream window overflow")
-            elif ident == S_MAX_FRAME_SIZE:
-                if not MIN_FRAME <= value <= MAX_FRAME:
-                    raise ProtocolError(PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
-                self.peer_max_frame = value
-            elif ident == S_ENABLE_PUSH and value > 1:
-                raise ProtocolError(PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
-        self._out.append(frame(SETTINGS, ACK, 0))
-        for st in list(self.streams.values()):
-            if st.pending:
-                self._flush(st)
-
-    def _on_window_update(self, sid: int, payload: memoryview) -> None:
-        if len(payload) != 4:
-            raise ProtocolError(FRAME_SIZE_ERROR, "WINDOW_UPDATE payload must be 4 bytes")
-        inc = U32.unpack_from(payload)[0] & 0x7FFFFFFF
-        if sid == 0:
-            if inc == 0:
-                raise ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-            self.conn_send_window += inc
-            if self.conn_send_window > MAX_WINDOW:
-                raise ProtocolError(FLOW_CONTROL_ERROR, "connection window overflow")
-            for blocked in list(self.streams.values()):
-                if blocked.pending:
-                    self._flush(blocked)
-                if self.conn_send_window <= 0:
-                    break
-            return
-        st = self.streams.get(sid)
-        if st is None:
-            if sid > self.last_sid:
-                raise ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
-            return
-        if inc == 0:
-            self._reset(st, PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-            return
-        st.send_window += inc
-        if st.send_window > MAX_WINDOW:
-            self._reset(st, FLOW_CONTROL_ERROR, "stream window overflow")
-            return
-        if st.pending:
-            self._flush(st)
-
-    def _on_rst_stream(self, sid: int, payload: memoryview) -> None:
-        if len(payload) != 4:
-            raise ProtocolError(FRAME_SIZE_ERROR, "RST_STREAM payload must be 4 bytes")
-        if not sid or sid > self.last_sid:
-            raise ProtocolError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-        st = self.streams.get(sid)
-        if st is None:
-            return
-        # Only a reset of a stream picker has not answered yet is work thrown away (the
-        # rapid-reset attack). Envoy resets every ext_proc stream once the response is
-        # done, after picker answered: that is not counted.
-        if not st.headers_sent and not self._resets.take():
-            raise ProtocolError(ENHANCE_YOUR_CALM, "too many stream resets")
-        self._drop(st)
-
-
-def _keeps_table(block: bytes) -> bool:
-    """True when decoding ``block`` leaves the HPACK dynamic table as it was: no literal
-    with incremental indexing, no table size update (RFC 7541 section 6). False also for
-    a malformed block (the full decoder reports it)."""
-    i, n = 0, len(block)
-    try:
-        while i < n:
-            b = block[i]
-            if b & 0x80:  # indexed field
-                i = _skip_int(block, i, 0x7F)
-            elif b & 0xC0 == 0x40 or b & 0xE0 == 0x20:
-                return False
-            else:  # literal without indexing / never indexed
-                if b & 0x0F == 0:  # new name: a string literal
-                    i += 1
-                    i = _skip_string(block, i)
-                else:
-                    i = _skip_int(block, i, 0x0F)
-                i = _skip_string(block, i)
-    except IndexError:
-        return False
-    return i == n
-
-
-def _skip_int(block: bytes, i: int, mask: int) -> int:
-    """Index after the HPACK integer starting at ``i`` (prefix ``mask``)."""
-    if block[i] & mask != mask:
-        return i + 1
-    i += 1
-    while block[i] & 0x80:
-        i += 1
-    return i + 1
-
-
-def _skip_string(block: bytes, i: int) -> int:
-    """Index after the HPACK string literal (length prefix, then bytes) at ``i``."""
-    length, start = _read_int(block, i, 0x7F)
-    end = start + length
-    if end > len(block):
-        raise IndexError("string past the block")
-    return end
-
-
-def _read_int(block: bytes, i: int, mask: int) -> tuple[int, int]:
-    value = block[i] & mask
-    i += 1
-    if value < mask:
-        return value, i
-    shift = 0
-    while True:
-        b = block[i]
-        i += 1
-        value += (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80 or shift > 28:
-            return value, i

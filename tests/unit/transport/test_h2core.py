@@ -219,7 +219,7 @@ def test_any_frame_sequence_ends_well(
 
 
 def test_blocks_that_keep_the_hpack_table_are_recognised() -> None:
-    from picker.transport.h2core import _keeps_table
+    from picker.transport.hpack_scan import keeps_table as _keeps_table
 
     enc = hpack.Encoder()
     first = enc.encode([(":method", "POST"), (":path", "/a"), ("x-id", "1")])
