@@ -18,7 +18,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.datalayer.datastore import EndpointMetrics
-from picker.datalayer.metrics_text import MODEL_SERVERS, MetricNames, parse_metrics, parse_spec
+from picker.datalayer.metrics_text import MetricNames, parse_metrics, parse_spec
+from picker.datalayer.model_servers import MODEL_SERVERS
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests/fixtures/vllm-0.32.0-cpu-metrics.txt"
 

@@ -41,12 +41,8 @@ from picker.config import Config
 from picker.datalayer.budget import ScrapeBudget
 from picker.datalayer.datastore import Datastore, Endpoint, Pool
 from picker.datalayer.http import HTTPConnection
-from picker.datalayer.metrics_text import (
-    MODEL_SERVERS,
-    MetricNames,
-    names_from_config,
-    parse_metrics,
-)
+from picker.datalayer.metrics_text import MetricNames, parse_metrics
+from picker.datalayer.model_servers import MODEL_SERVERS, names_from_config
 from picker.observability import Metrics
 
 log = logging.getLogger(__name__)

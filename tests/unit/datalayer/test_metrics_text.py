@@ -12,14 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.datalayer.datastore import EndpointMetrics
 from picker.datalayer.metrics_text import (
-    MODEL_SERVERS,
     MetricNames,
     MetricSpec,
     MissingMetricsError,
-    names_from_config,
     parse_metrics,
     parse_spec,
 )
+from picker.datalayer.model_servers import MODEL_SERVERS, names_from_config
 from tests import FIXTURES
 
 FIXTURE = (FIXTURES / "vllm-0.32.0-cpu-metrics.txt").read_text()
