@@ -43,8 +43,8 @@ from typing import Any
 
 import yaml
 
-from bench.compare import DEFAULT_KNOBS, DEFAULT_SIM_ARGS
 from bench.harness import podmetrics
+from bench.harness.plan import DEFAULT_KNOBS, DEFAULT_SIM_ARGS
 from bench.harness.pods import SimPods
 from bench.harness.runner import drive
 from bench.harness.stats import summarize

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from bench import compare
 from bench.fidelity import workload
 from bench.fidelity_cal import Calibration, jitter, lstsq, model_ttft, own_overhead
 from bench.fidelity_load import Observer, OtherLoad, cpu_seconds, descendants
 from bench.fidelity_report import comparison, table
+from bench.harness import plan as run_plan
 from bench.harness.pods import RealPods
 from bench.sim import SimPodConfig, start_pods
 from bench.sim.latency import LatencyModel, attention_pairs
@@ -133,16 +133,16 @@ def test_table_renders_missing_values() -> None:
 
 
 def test_compare_real_backend_defaults() -> None:
-    args = compare.parse_args(["--backend", "real"])
-    plan = compare.plan_from(args)
+    args = run_plan.parse_args(["--backend", "real"])
+    plan = run_plan.plan_from(args)
     assert plan.workloads == ["shared_prefix"]
     assert [t.label for t in plan.targets] == ["picker", "round_robin", "least_request"]
     assert plan.rates == [3.0] and plan.duration == 60.0
     assert plan.knobs["shared_prefix"]["model"] == "tiny-llama"
     assert plan.knobs["shared_prefix"]["system_len"] == 110
     with pytest.raises(SystemExit):
-        compare.plan_from(compare.parse_args(["--backend", "real", "--workloads", "lora_mix"]))
-    sim = compare.plan_from(compare.parse_args(["--quick"]))
+        run_plan.plan_from(run_plan.parse_args(["--backend", "real", "--workloads", "lora_mix"]))
+    sim = run_plan.plan_from(run_plan.parse_args(["--quick"]))
     assert sim.knobs["shared_prefix"]["system_len"] == 2000
     assert "model" not in sim.knobs["shared_prefix"]
 

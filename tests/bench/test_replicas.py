@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bench import compare
+from bench.harness import plan as run_plan
 from bench.harness.targets import Target, parse_target
 from bench.sim.kvcache import block_hashes
 from bench.sim.tokenize import render_chat, tokenize
@@ -52,7 +52,7 @@ def test_bad_replica_targets_are_refused(bad: str) -> None:
 
 
 def test_replicas_and_sharing_expand_each_plain_picker_target() -> None:
-    args = compare.parse_args(
+    args = run_plan.parse_args(
         [
             "--targets",
             "picker,round_robin",
@@ -62,7 +62,7 @@ def test_replicas_and_sharing_expand_each_plain_picker_target() -> None:
             "none,picks,kv_events",
         ]
     )
-    labels = [t.label for t in compare.plan_from(args).targets]
+    labels = [t.label for t in run_plan.plan_from(args).targets]
     assert labels == [
         "picker",
         "picker-kv_events",  # one replica: nothing to share with peers, kv_events still applies
@@ -71,10 +71,10 @@ def test_replicas_and_sharing_expand_each_plain_picker_target() -> None:
         "picker-3r-kv_events",
         "round_robin",
     ]
-    plain = compare.plan_from(compare.parse_args(["--targets", "picker"]))
+    plain = run_plan.plan_from(run_plan.parse_args(["--targets", "picker"]))
     assert plain.targets == [Target("picker")]
     with pytest.raises(SystemExit):
-        compare.plan_from(compare.parse_args(["--targets", "picker", "--sharing", "redis"]))
+        run_plan.plan_from(run_plan.parse_args(["--targets", "picker", "--sharing", "redis"]))
 
 
 def test_envoy_lists_every_replica_with_health_checks_and_failover() -> None:
