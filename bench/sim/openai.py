@@ -3,7 +3,9 @@ SSE pieces of the generated text and the ``usage`` object."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -89,3 +91,118 @@ def usage(reqs: Sequence[SimRequest]) -> dict[str, Any]:
         "completion_tokens": completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     }
+
+
+async def complete_response(
+    reqs: Sequence[SimRequest], event: asyncio.Event, rid: str, model: str, chat: bool
+) -> web.Response:
+    while not all(r.finished for r in reqs):
+        await event.wait()
+        event.clear()
+    words = OUTPUT_WORDS
+    nw = len(words)
+    choices: list[dict[str, Any]] = []
+    for i, r in enumerate(reqs):
+        text = "".join(words[k % nw] for k in range(r.num_output))
+        reason = r.finish_reason if r.finish_reason != "abort" else "abort"
+        if chat:
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text, "tool_calls": []},
+                    "logprobs": None,
+                    "finish_reason": reason,
+                    "stop_reason": None,
+                }
+            )
+        else:
+            choices.append(
+                {
+                    "index": i,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": reason,
+                    "stop_reason": None,
+                }
+            )
+    out = {
+        "id": rid,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage(reqs),
+    }
+    return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+
+async def stream_response(
+    request: web.Request,
+    reqs: Sequence[SimRequest],
+    event: asyncio.Event,
+    rid: str,
+    model: str,
+    chat: bool,
+    include_usage: bool,
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+    )
+    await resp.prepare(request)
+    kind = b"chat.completion.chunk" if chat else b"text_completion"
+    head = (
+        b'data: {"id":"'
+        + rid.encode()
+        + b'","object":"'
+        + kind
+        + b'","created":'
+        + str(int(time.time())).encode()
+        + b',"model":'
+        + orjson.dumps(model)
+    )
+    prefix = head + b',"choices":[{"index":'
+    idx = [str(i).encode() for i in range(len(reqs))]
+    table = CHUNKS[chat]
+    token, last, nw = table.token, table.last, table.n
+    write: Callable[[bytes], Awaitable[None]] = resp.write
+    try:
+        if chat:
+            await write(
+                b"".join(
+                    prefix + i + b',"delta":{"role":"assistant","content":""},'
+                    b'"logprobs":null,"finish_reason":null}]}\n\n'
+                    for i in idx
+                )
+            )
+        sent = [0] * len(reqs)
+        while True:
+            await event.wait()
+            event.clear()
+            parts: list[bytes] = []
+            done = True
+            for j, r in enumerate(reqs):
+                n = r.num_output
+                k0 = sent[j]
+                if n > k0:
+                    pre = prefix + idx[j]
+                    end = n - 1 if r.finished and r.finish_reason == "length" else n
+                    parts.extend(pre + token[k % nw] for k in range(k0, end))
+                    if end < n:
+                        parts.append(pre + last[end % nw])
+                    sent[j] = n
+                if not r.finished:
+                    done = False
+            if done:
+                if include_usage:
+                    parts.append(
+                        head + b',"choices":[],"usage":' + orjson.dumps(usage(reqs)) + b"}\n\n"
+                    )
+                parts.append(b"data: [DONE]\n\n")
+            if parts:
+                await write(b"".join(parts))
+            if done:
+                break
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away; the caller aborts what is unfinished
+    return resp
