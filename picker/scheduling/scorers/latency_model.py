@@ -116,7 +116,17 @@ class Priors:
 class PodModel:
     """One pod's coefficients and the counters they were last updated from."""
 
-    __slots__ = ("_last", "_overhead_n", "overhead", "prefill", "samples", "tpot")
+    __slots__ = (
+        "_last",
+        "_overhead_n",
+        "last_fixed",
+        "last_x",
+        "last_y",
+        "overhead",
+        "prefill",
+        "samples",
+        "tpot",
+    )
 
     def __init__(self, priors: Priors) -> None:
         per_tok = 1.0 / priors.tokens_per_second
@@ -137,6 +147,11 @@ class PodModel:
         self.overhead = priors.overhead_s
         self._overhead_n = 0
         self.samples = 0  # prefill observations learned from
+        # The last interval's observations (for the pool comparison, ``PoolDeviation``):
+        # one request's mean prefill features and seconds, and the fixed overhead.
+        self.last_x: list[float] | None = None
+        self.last_y = 0.0
+        self.last_fixed: float | None = None
         self._last: EndpointMetrics | None = None
 
     @property
@@ -178,6 +193,7 @@ class PodModel:
             return False  # counters went back: the pod restarted
         running = (last.running + m.running) / 2
         learned = False
+        self.last_x, self.last_fixed = None, None
         n = m.prefill_count - last.prefill_count
         tokens = m.prefill_tokens - last.prefill_tokens
         seconds = m.prefill_seconds - last.prefill_seconds
@@ -188,6 +204,7 @@ class PodModel:
             # the mean of n of them by 1/sqrt(n) of that.
             self.prefill.update(x, y, (0.3 * y + 0.001) / math.sqrt(min(n, 100.0)))
             self.samples += 1
+            self.last_x, self.last_y = x, y
             learned = True
         k = m.itl_count - last.itl_count
         if k >= 1 and m.itl_seconds > last.itl_seconds:
@@ -200,6 +217,7 @@ class PodModel:
             queue = (m.queue_seconds - last.queue_seconds) / n
             fixed = ttft - queue - seconds / n
             if 0.0 <= fixed < 1.0:
+                self.last_fixed = fixed
                 self._overhead_n += 1  # a plain mean at first, then a moving average
                 self.overhead += max(0.2, 1.0 / self._overhead_n) * (fixed - self.overhead)
         return learned
@@ -225,6 +243,66 @@ class PodModel:
         self.prefill.theta[:] = other.prefill.theta
 
 
+class PoolDeviation:
+    """How a pod differs from the pool, as evidence: partial pooling of its model.
+
+    Pods of one pool usually run the same model on the same hardware, and a pod's own
+    coefficients, fitted from a few requests per scrape interval, wander (two identical
+    CPU pods learned 35k and 110k tokens/s). Each interval's observed prefill is
+    compared with what the pool's mean model predicts for the same requests:
+    ``log(observed / pool)`` per interval, averaged with a moving mean ``m`` and
+    variance ``v``. The pod is predicted as the pool's mean model scaled by
+    ``exp(w * m)`` with ``w = m^2 / (m^2 + v * RATE)``: the deviation counts in
+    proportion to how far it stands out of its own noise (the moving mean's variance).
+    A pod at half speed stands out at once (every interval ~2x); noise averages out
+    towards the pool. The fixed overhead is pooled the same way (differences in
+    seconds).
+    """
+
+    __slots__ = ("ov_m", "ov_v", "pf_m", "pf_v")
+
+    RATE = 0.05
+    PRIOR_LOG_VAR = 0.1  # a log-ratio noise of ~±0.3 until intervals tell otherwise
+    PRIOR_OV_VAR = 0.01**2
+
+    def __init__(self) -> None:
+        self.pf_m, self.pf_v = 0.0, self.PRIOR_LOG_VAR
+        self.ov_m, self.ov_v = 0.0, self.PRIOR_OV_VAR
+
+    def observe(self, own: PodModel, pool: PodModel) -> None:
+        """Takes ``own``'s last interval against ``pool``'s prediction for it."""
+        a = self.RATE
+        x = own.last_x
+        if x is not None and own.last_y > 0:
+            predicted = sum(c * v for c, v in zip(pool.prefill.theta, x, strict=True))
+            if predicted > 0:
+                r = min(max(math.log(own.last_y / predicted), -3.0), 3.0)
+                d = r - self.pf_m
+                self.pf_m += a * d
+                self.pf_v += a * (d * d - self.pf_v)
+        if own.last_fixed is not None:
+            d = own.last_fixed - pool.overhead - self.ov_m
+            self.ov_m += a * d
+            self.ov_v += a * (d * d - self.ov_v)
+
+    def relax(self, rate: float) -> None:
+        """No traffic: the evidence fades (the pod is tried again when it ties)."""
+        self.pf_m *= 1.0 - rate
+        self.ov_m *= 1.0 - rate
+
+    def apply(self, own: PodModel, pool: PodModel, out: PodModel) -> None:
+        """Writes the pooled prediction model into ``out`` (TPOT stays ``own``'s)."""
+        m, v = self.pf_m, self.pf_v
+        w = m * m / (m * m + v * self.RATE + 1e-12)
+        k = math.exp(w * m)
+        out.prefill.theta[:] = [c * k for c in pool.prefill.theta]
+        m, v = self.ov_m, self.ov_v
+        w = m * m / (m * m + v * self.RATE + 1e-12)
+        out.overhead = max(0.0, pool.overhead + w * m)
+        out.tpot.theta[:] = own.tpot.theta
+        out.samples = own.samples
+
+
 class PodState:
     """Per-pod state: the learned model, the backlog, the interval's predictions.
 
@@ -236,6 +314,7 @@ class PodState:
 
     __slots__ = (
         "at",
+        "deviation",
         "done",
         "duration",
         "est_n",
@@ -245,6 +324,7 @@ class PodState:
         "mean_work",
         "model",
         "peer_positions",
+        "pooled",
         "pred_n",
         "pred_sum",
         "scraped_at",
@@ -257,6 +337,8 @@ class PodState:
         # by time like everything else).
         self.peer_positions: deque[float] = deque(maxlen=4096)
         self.model = PodModel(priors)
+        self.deviation = PoolDeviation()
+        self.pooled: PodModel | None = None  # what predictions use, once the pool exists
         self.sent = 0.0
         self.done = 0.0
         self.at = 0.0  # when ``done`` was last advanced

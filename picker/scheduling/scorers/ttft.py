@@ -124,8 +124,13 @@ class PredictedLatency(DataProducer, Scorer):
         return st
 
     def model_of(self, address: str) -> PodModel:
-        """The model predictions use: the pod's own once it learned, else the pool's."""
-        own = self.pod(address).model
+        """The model predictions use: the pool's mean scaled by the pod's evidence of
+        differing from it (``PoolDeviation``) once the pool has one; before, the pod's
+        own once it learned, else the pool's median."""
+        st = self.pod(address)
+        if st.pooled is not None:
+            return st.pooled
+        own = st.model
         if own.samples or self._pool is None:
             return own
         return self._pool
@@ -147,6 +152,7 @@ class PredictedLatency(DataProducer, Scorer):
         st.est_sum, st.est_n = 0.0, 0
         if not st.model.learn(m) and self._pool_mean is not None and st.model.samples:
             st.model.relax(self._pool_mean, RELAX_RATE)
+            st.deviation.relax(RELAX_RATE)
         address = endpoint.address
         met = self._metrics
         if observed is not None and st.pred_n:
@@ -157,12 +163,18 @@ class PredictedLatency(DataProducer, Scorer):
         st.pred_sum, st.pred_n = 0.0, 0
         st.kv_sent = st.kv_done = 0.0
         if st.model.samples != before:
-            met.child(met.prefill_rate, address).set(1.0 / st.model.seconds_per_token)
             now = self._clock()
             if self._pool is None or now - self._pool_at >= POOL_EVERY_S:
                 self._pool_at = now  # O(pods): at most once a second, not per scrape
                 self._pool = self._median()
                 self._pool_mean = self._mean()
+        pool = self._pool_mean
+        if pool is not None:
+            st.deviation.observe(st.model, pool)
+            if st.pooled is None:
+                st.pooled = PodModel(self.priors)
+            st.deviation.apply(st.model, pool, st.pooled)
+            met.child(met.prefill_rate, address).set(1.0 / st.pooled.seconds_per_token)
 
     def _mean(self) -> PodModel | None:
         return pool_mean([s.model for s in self._pods.values() if s.model.samples], self.priors)
@@ -259,7 +271,9 @@ class PredictedLatency(DataProducer, Scorer):
             m = e.metrics
             if m.scraped_at != st.scraped_at and m.scraped_at:
                 self.learn(e)
-            model = st.model if st.model.samples or pool is None else pool
+            model = st.pooled
+            if model is None:
+                model = st.model if st.model.samples or pool is None else pool
             running = m.running if m.running > e.inflight else e.inflight
             tokens = self.tokens(request, a) if held and a in held else cold
             c = model.prefill.theta

@@ -330,3 +330,50 @@ def test_a_new_prefix_goes_where_it_evicts_nothing() -> None:
     r = cold({full.address: 0, roomy.address: 50})
     r.kv_prefix = PrefixMatch([0] * 10, {}, lambda k: k * 100.0, 1000)  # exact: no room
     assert s.score(r, [full, roomy])[0] == 1.0
+
+
+def _noisy_pool(seed: int, speeds: list[float]) -> tuple[list[float], list[float]]:
+    """Pods of these relative speeds (per-token time 1/10,000 s x speed) learned over 80
+    scrapes with lognormal per-interval noise; their own fits' seconds per token and
+    the predictions for a 1,000-token prompt (overhead excluded)."""
+    import random
+
+    clock = Clock()
+    s = plugin(clock)
+    pods = [Endpoint(f"10.0.0.{i}:8000") for i in range(len(speeds))]
+    rng = random.Random(seed)
+    for p in pods:
+        p.metrics = EndpointMetrics(scraped_at=1.0)
+        s.learn(p)
+    for i in range(80):
+        clock.t += 1.0
+        for p, speed in zip(pods, speeds, strict=True):
+            tokens = 2.0 * (200 + 300 * (i % 5))
+            seconds = tokens * speed / 10000 * rng.lognormvariate(0.0, 0.5)
+            p.metrics = scrape(
+                p.metrics,
+                2.0 + i,
+                prefill_count=2.0,
+                prefill_tokens=tokens,
+                prefill_seconds=seconds,
+            )
+            s.learn(p)
+    own = [s.pod(p.address).model.seconds_per_token for p in pods]
+    return own, [s.predict(req(1000), p, clock.t) - 0.01 for p in pods]
+
+
+def test_identical_pods_are_pooled_a_slow_one_stands_out() -> None:
+    """Per-interval noise (CPU contention, what a request was batched with) makes two
+    identical pods' own fits differ; predictions pool them towards the pool's mean, so
+    they differ less and tie more often; a pod at half speed, slower in every interval,
+    stands out of its noise and is predicted slower."""
+    import math
+
+    own_gap, pooled_gap = [], []
+    for seed in range(12):
+        own, pred = _noisy_pool(seed, [1.0, 1.0])
+        own_gap.append(abs(math.log(own[0] / own[1])))
+        pooled_gap.append(abs(math.log(pred[0] / pred[1])))
+        own, pred = _noisy_pool(seed, [1.0, 1.0, 2.0])
+        assert pred[2] / max(pred[:2]) > 1.4, (seed, own, pred)
+    assert sum(pooled_gap) < 0.5 * sum(own_gap), (own_gap, pooled_gap)
