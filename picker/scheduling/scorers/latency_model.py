@@ -249,41 +249,53 @@ class PoolDeviation:
     Pods of one pool usually run the same model on the same hardware, and a pod's own
     coefficients, fitted from a few requests per scrape interval, wander (two identical
     CPU pods learned 35k and 110k tokens/s). Each interval's observed prefill is
-    compared with what the pool's mean model predicts for the same requests:
-    ``log(observed / pool)`` per interval, averaged with a moving mean ``m`` and
-    variance ``v``. The pod is predicted as the pool's mean model scaled by
-    ``exp(w * m)`` with ``w = m^2 / (m^2 + v * RATE)``: the deviation counts in
-    proportion to how far it stands out of its own noise (the moving mean's variance).
-    A pod at half speed stands out at once (every interval ~2x); noise averages out
-    towards the pool. The fixed overhead is pooled the same way (differences in
-    seconds).
+    compared with what the pool's mean model predicts for the same requests: the log
+    ratio's mean ``m`` (a plain mean over the first ``1/RATE`` intervals, then moving)
+    and variance ``v`` (from a prior, ``PRIOR_LOG_VAR``). The pod is predicted as the
+    pool's mean model scaled by ``exp(w * m)``, ``w = m^2 / (m^2 + se^2)`` with ``se^2``
+    the variance of that mean: the deviation counts in proportion to how far it stands
+    out of its own noise. A pod at half speed stands out within a few intervals (every
+    one ~2x); noise averages out towards the pool. The fixed overhead is pooled the same
+    way (differences in seconds).
     """
 
-    __slots__ = ("ov_m", "ov_v", "pf_m", "pf_v")
+    __slots__ = ("n_ov", "n_pf", "ov_m", "ov_v", "pf_m", "pf_v")
 
     RATE = 0.05
     PRIOR_LOG_VAR = 0.1  # a log-ratio noise of ~±0.3 until intervals tell otherwise
     PRIOR_OV_VAR = 0.01**2
+    PRIOR_N = 2.0  # the priors' weight, in intervals
 
     def __init__(self) -> None:
-        self.pf_m, self.pf_v = 0.0, self.PRIOR_LOG_VAR
-        self.ov_m, self.ov_v = 0.0, self.PRIOR_OV_VAR
+        self.pf_m, self.pf_v, self.n_pf = 0.0, self.PRIOR_LOG_VAR, 0
+        self.ov_m, self.ov_v, self.n_ov = 0.0, self.PRIOR_OV_VAR, 0
+
+    @classmethod
+    def _step(cls, m: float, v: float, n: int, x: float) -> tuple[float, float]:
+        a = max(cls.RATE, 1.0 / n)
+        d = x - m
+        return m + a * d, v + max(cls.RATE, 1.0 / (n + cls.PRIOR_N)) * (d * d - v)
+
+    @classmethod
+    def _weight(cls, m: float, v: float, n: int) -> float:
+        if not n:
+            return 0.0
+        se2 = v * max(cls.RATE / (2.0 - cls.RATE), 1.0 / n)
+        return m * m / (m * m + se2 + 1e-12)
 
     def observe(self, own: PodModel, pool: PodModel) -> None:
         """Takes ``own``'s last interval against ``pool``'s prediction for it."""
-        a = self.RATE
         x = own.last_x
         if x is not None and own.last_y > 0:
             predicted = sum(c * v for c, v in zip(pool.prefill.theta, x, strict=True))
             if predicted > 0:
                 r = min(max(math.log(own.last_y / predicted), -3.0), 3.0)
-                d = r - self.pf_m
-                self.pf_m += a * d
-                self.pf_v += a * (d * d - self.pf_v)
+                self.n_pf += 1
+                self.pf_m, self.pf_v = self._step(self.pf_m, self.pf_v, self.n_pf, r)
         if own.last_fixed is not None:
-            d = own.last_fixed - pool.overhead - self.ov_m
-            self.ov_m += a * d
-            self.ov_v += a * (d * d - self.ov_v)
+            self.n_ov += 1
+            d = own.last_fixed - pool.overhead
+            self.ov_m, self.ov_v = self._step(self.ov_m, self.ov_v, self.n_ov, d)
 
     def relax(self, rate: float) -> None:
         """No traffic: the evidence fades (the pod is tried again when it ties)."""
@@ -292,13 +304,10 @@ class PoolDeviation:
 
     def apply(self, own: PodModel, pool: PodModel, out: PodModel) -> None:
         """Writes the pooled prediction model into ``out`` (TPOT stays ``own``'s)."""
-        m, v = self.pf_m, self.pf_v
-        w = m * m / (m * m + v * self.RATE + 1e-12)
-        k = math.exp(w * m)
+        k = math.exp(self._weight(self.pf_m, self.pf_v, self.n_pf) * self.pf_m)
         out.prefill.theta[:] = [c * k for c in pool.prefill.theta]
-        m, v = self.ov_m, self.ov_v
-        w = m * m / (m * m + v * self.RATE + 1e-12)
-        out.overhead = max(0.0, pool.overhead + w * m)
+        w = self._weight(self.ov_m, self.ov_v, self.n_ov)
+        out.overhead = max(0.0, pool.overhead + w * self.ov_m)
         out.tpot.theta[:] = own.tpot.theta
         out.samples = own.samples
 
