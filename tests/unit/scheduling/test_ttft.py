@@ -339,7 +339,7 @@ def _noisy_pool(seed: int, speeds: list[float]) -> tuple[list[float], list[float
     import random
 
     clock = Clock()
-    s = plugin(clock)
+    s = plugin(clock, pooled=True)
     pods = [Endpoint(f"10.0.0.{i}:8000") for i in range(len(speeds))]
     rng = random.Random(seed)
     for p in pods:
