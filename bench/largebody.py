@@ -37,12 +37,6 @@ def chat_body(kb: int, seed: int = 0) -> bytes:
     )
 
 
-def run(port: int, body: bytes, concurrency: int, duration: float) -> loadgen.Result:
-    req = loadgen.build_request("/v1/chat/completions", body)
-    loadgen.run_blocking(port, req, concurrency=concurrency, total=2 * concurrency)  # warm
-    return loadgen.run_blocking(port, req, concurrency=concurrency, duration=duration)
-
-
 def measured(
     port: int, body: bytes, c: int, duration: float, pids: dict[str, list[int]]
 ) -> tuple[loadgen.Result, dict[str, float]]:

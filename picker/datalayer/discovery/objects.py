@@ -43,17 +43,22 @@ class PodInfo:
     labels: Mapping[str, str]
     active_ports: frozenset[int] | None  # None: no annotation, every target port
 
+    @property
+    def host(self) -> str:
+        """The pod IP as the host part of ``host:port`` (IPv6 in brackets)."""
+        return f"[{self.ip}]" if ":" in self.ip else self.ip
+
     def endpoints(self, ports: tuple[int, ...]) -> tuple[str, ...]:
         """``ip:port`` per target port (active ones only); none unless ready."""
         if not self.ready or self.deleting or not self.ip:
             return ()
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        host = self.host
         active = self.active_ports
         return tuple(f"{host}:{p}" for p in ports if active is None or p in active)
 
     def ranks(self, ports: tuple[int, ...]) -> dict[str, int]:
         """Each endpoint's index in ``ports`` (the EPP's ``-rank-<i>`` of its name)."""
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        host = self.host
         return {f"{host}:{p}": i for i, p in enumerate(ports)}
 
 

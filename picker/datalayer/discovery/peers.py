@@ -95,7 +95,7 @@ class PeerDiscovery:
 
     def _update(self) -> None:
         found = sorted(
-            f"tcp://[{p.ip}]:{self.port}" if ":" in p.ip else f"tcp://{p.ip}:{self.port}"
+            f"tcp://{p.host}:{self.port}"
             for p in self.reflector.objects.values()
             if p.ip and not p.deleting and p.name != self.own_name
         )

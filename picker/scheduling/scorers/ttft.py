@@ -165,7 +165,8 @@ class PredictedLatency(DataProducer, Scorer):
             met.child(met.observed_ttft, address).set(observed)
         st.pred_sum, st.pred_n = 0.0, 0
         st.kv_sent = st.kv_done = 0.0
-        if st.model.samples != before:
+        learned = st.model.samples != before
+        if learned:
             now = self._clock()
             if self._pool is None or now - self._pool_at >= POOL_EVERY_S:
                 self._pool_at = now  # O(pods): at most once a second, not per scrape
@@ -177,7 +178,7 @@ class PredictedLatency(DataProducer, Scorer):
             if st.pooled is None:
                 st.pooled = PodModel(self.priors)
             st.deviation.apply(st.model, pool, st.pooled)
-        if st.model.samples != before:
+        if learned:
             model = st.pooled if st.pooled is not None else st.model
             met.child(met.prefill_rate, address).set(1.0 / model.seconds_per_token)
 
@@ -262,12 +263,12 @@ class PredictedLatency(DataProducer, Scorer):
         # Where the index says a pod's cache is full, the request's new blocks evict
         # other prompts' (approximate match only: KV events carry no room).
         evict: dict[str, float] = {}
-        free = prefix.free_blocks if kv is None and prefix is not None else None
-        if free is not None and self.evict_weight and prefix is not None:
+        weight = self.evict_weight
+        free = None
+        room_tokens = 0.0
+        if kv is None and prefix is not None and weight:
+            free = prefix.free_blocks
             room_tokens = prefix.block_tokens * self._scale.value
-            weight = self.evict_weight
-        else:
-            free = None
         for e in candidates:
             a = e.address
             st = pods.get(a)
