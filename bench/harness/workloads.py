@@ -242,18 +242,28 @@ def multi_turn(
     system_len: int = 300,
     user_len: int = 60,
     output_len: int = 16,
+    turns: int = 0,
     model: str = MODEL,
 ) -> list[RequestSpec]:
-    """``n`` chat turns from ``sessions`` interleaved sessions, histories growing."""
+    """``n`` chat turns from ``sessions`` interleaved sessions, histories growing.
+
+    With ``turns`` > 0 a conversation ends after that many user turns and a new one takes
+    its slot (same system prompt, empty history): prompts stay bounded however long the
+    run, and ``sessions`` is the number of conversations active at once.
+    """
     rng = random.Random(f"multi_turn:{seed}")
     systems = [words(rng, system_len) for _ in range(max(1, sessions // 4))]
     history: list[list[dict[str, str]]] = []
+    started = [0] * sessions  # conversations begun in each slot, for the session id
     for s in range(sessions):
         history.append([{"role": "system", "content": systems[s % len(systems)]}])
     out = []
     for _ in range(n):
         s = rng.randrange(sessions)
         msgs = history[s]
+        if turns > 0 and len(msgs) >= 2 * turns:  # system + turns x (user, assistant) - 1
+            started[s] += 1
+            msgs = history[s] = [msgs[0]]
         if len(msgs) > 1:  # the reply to the previous turn, as the pod would have sent it
             msgs.append({"role": "assistant", "content": words(rng, output_len)})
         msgs.append({"role": "user", "content": words(rng, user_len)})
@@ -263,7 +273,8 @@ def multi_turn(
             "max_tokens": output_len,
             "stream": True,
         }
-        out.append(RequestSpec(CHAT, body, session=f"s{s}", group=f"s{s}"))
+        sid = f"s{s}" if started[s] == 0 else f"s{s}.{started[s]}"
+        out.append(RequestSpec(CHAT, body, session=sid, group=sid))
     return out
 
 

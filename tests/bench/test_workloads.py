@@ -76,6 +76,18 @@ def test_multi_turn_turns_extend_each_other() -> None:
         assert turns[0].body["messages"][0]["role"] == "system"
 
 
+def test_multi_turn_conversations_end_after_turns() -> None:
+    specs = build("multi_turn", 200, seed=3, sessions=4, system_len=20, user_len=5, turns=3)
+    sessions = dict(iter_sessions(specs))
+    assert len(sessions) > 4  # slots began new conversations
+    for turns in sessions.values():
+        assert 1 <= len(turns) <= 3
+        assert len(turns[0].body["messages"]) == 2  # system + first user message
+        for prev, nxt in itertools.pairwise(turns):
+            assert nxt.body["messages"][: len(prev.body["messages"])] == prev.body["messages"]
+    assert max(len(s.body["messages"]) for s in specs) == 6
+
+
 def test_lora_mix_uses_adapters_and_base() -> None:
     specs = build("lora_mix", 200, seed=1, adapters=["a", "b"], base_fraction=0.3)
     models = {s.model for s in specs}
