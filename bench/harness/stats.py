@@ -88,6 +88,11 @@ def summarize(
         # picker's predicted TTFT (x-picker-predicted-ttft-ms) against the client's:
         # absolute percentage error, over the requests that carried a prediction.
         "prediction_ape": describe(ape),
+        "ttft_by_pod": {
+            pod: describe([r.outcome.ttft for r in ok if r.outcome.pod == pod and r.outcome.ttft])
+            for pod in sorted(per_pod)
+        },
+        "samples": samples(records),
     }
     if pod_deltas:
         result.update(pod_summary(pod_deltas))
@@ -96,6 +101,18 @@ def summarize(
         result["queue"] = queue_summary(queue)
     cleaned: dict[str, Any] = clean(result)
     return cleaned
+
+
+def samples(records: Sequence[Record]) -> list[list[Any]]:
+    """Per request, for diagnosis (a run's tail, which pod, what picker predicted):
+    [sent s, status, TTFT ms, pod, predicted TTFT ms, group]."""
+    out: list[list[Any]] = []
+    for r in records:
+        o = r.outcome
+        ttft = round(o.ttft * 1000, 2) if o.ttft is not None else None
+        pred = round(o.predicted_ttft * 1000, 2) if o.predicted_ttft is not None else None
+        out.append([round(r.sent, 3), o.status, ttft, o.pod, pred, r.group])
+    return out
 
 
 def share(counts: Counter[str]) -> dict[str, float]:

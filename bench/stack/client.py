@@ -22,7 +22,7 @@ class Outcome:
     e2e: float = 0.0
     itl: list[float] = field(default_factory=list)
     output_tokens: int = 0
-    pod: str | None = None  # the simulator's x-sim-pod header, when present
+    pod: str | None = None  # the simulator's x-sim-pod, else Envoy's x-bench-upstream
     predicted_ttft: float | None = None  # picker's x-picker-predicted-ttft-ms, in seconds
     error: str | None = None
     sent_at: float = 0.0
@@ -49,7 +49,8 @@ async def send(
             headers={"content-type": "application/json", **(headers or {})},
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
-            out = Outcome(status=resp.status, pod=resp.headers.get("x-sim-pod"), sent_at=t0)
+            pod = resp.headers.get("x-sim-pod") or resp.headers.get("x-bench-upstream")
+            out = Outcome(status=resp.status, pod=pod, sent_at=t0)
             predicted = resp.headers.get("x-picker-predicted-ttft-ms")
             if predicted:
                 out.predicted_ttft = float(predicted) / 1000.0

@@ -30,6 +30,8 @@ import orjson
 BODY_MODES = ("NONE", "STREAMED", "BUFFERED", "BUFFERED_PARTIAL", "FULL_DUPLEX_STREAMED")
 DESTINATION = "x-gateway-destination-endpoint"
 SERVED = "x-gateway-destination-endpoint-served"
+# Benchmarks only (report_upstream): the pod that served a response, for per-pod figures.
+UPSTREAM_HEADER = "x-bench-upstream"
 # Flags of Envoy's own replies when the upstream could not be reached or answer in time.
 UPSTREAM_FAILURE_FLAGS = ["UF", "UC", "URX", "UO", "UT", "UR", "UMSDR"]
 
@@ -370,6 +372,21 @@ def picker_config(
             ],
         },
     }
+
+
+def report_upstream(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with every response carrying the address of the pod that served it
+    (``UPSTREAM_HEADER``): for the benchmark harness's per-pod figures, never for a
+    deployment (it tells clients the pods' addresses)."""
+    header = {"key": UPSTREAM_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"}
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                for vhost in f["typed_config"]["route_config"]["virtual_hosts"]:
+                    vhost["response_headers_to_add"] = [
+                        {"header": header, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                    ]
+    return cfg
 
 
 def cluster_config(

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bench.stack.envoy import cluster_config, picker_config
+from bench.stack.envoy import cluster_config, picker_config, report_upstream
 from bench.stack.plugins import entry_point_dist
 from bench.stack.ports import stable_ports
 from bench.stack.procs import ROOT, Procs, free_port
@@ -247,7 +247,9 @@ class Stack:
             envoy_cfg = cluster_config(self.port, admin, self.pod_addresses, self.target.upper())
         else:
             raise ValueError(f"unknown target {self.target!r}")
-        self.procs.start_envoy("envoy", envoy_cfg, self.port, admin, self.envoy_concurrency)
+        self.procs.start_envoy(
+            "envoy", report_upstream(envoy_cfg), self.port, admin, self.envoy_concurrency
+        )
         if self.target == "picker" and self.replicas > 1:
             for i in range(self.replicas):
                 self.wait_envoy_healthy(i)
