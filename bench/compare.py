@@ -104,9 +104,10 @@ async def measure(
     concurrency: int,
     progress: ProgressLine,
     time_scale: float = 1.0,
+    sample_queues: bool = True,
 ) -> dict[str, Any]:
     before = await podmetrics.snapshot(pods) if pods else {}
-    async with podmetrics.QueuePoller(pods) as poller:
+    async with podmetrics.QueuePoller(pods if sample_queues else []) as poller:
         records, elapsed = await drive(
             url, specs, concurrency=concurrency, progress=progress.update
         )
@@ -196,7 +197,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         observed=observed if real else None,
                     ) as url:
                         summary = asyncio.run(
-                            measure(url, specs, addrs, concurrency, progress, args.time_scale)
+                            measure(
+                                url,
+                                specs,
+                                addrs,
+                                concurrency,
+                                progress,
+                                args.time_scale,
+                                sample_queues=not real,
+                            )
                         )
                     if real and target.kind == "picker":  # real pods do not count renders
                         summary["observation_share"] = observed.get("observation_share", 0.0)

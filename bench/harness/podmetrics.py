@@ -2,7 +2,9 @@
 
 ``snapshot`` reads the counters of every pod (before and after a run: the deltas give
 the prefix-cache hit rate and per-pod request counts); ``QueuePoller`` samples queue
-depth (``vllm:num_requests_waiting``) and running requests every ``interval`` seconds.
+depth (``vllm:num_requests_waiting``) and running requests every ``interval`` seconds
+(simulated pods only: a real vLLM renders its ``/metrics`` in ~10 ms on its API server,
+so sampling it every 0.2 s would cost each pod ~5 % for every target).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ QUERIES = "vllm:prefix_cache_queries_total"
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 SUCCESS = "vllm:request_success_total"
+PREEMPTIONS = "vllm:num_preemptions_total"  # running requests evicted for KV room
 # The simulator's count of /metrics scrapes that cost the pod (the router's, never ours).
 RENDERS = "sim:metrics_renders_total"
 RENDER_SECONDS = "sim:metrics_render_seconds_total"
-WANTED = (HITS, QUERIES, WAITING, RUNNING, SUCCESS, RENDERS, RENDER_SECONDS)
+WANTED = (HITS, QUERIES, WAITING, RUNNING, SUCCESS, PREEMPTIONS, RENDERS, RENDER_SECONDS)
 # The harness's own reads are free on simulated pods (a real pod ignores the header).
 FREE = {"x-sim-free": "1"}
 

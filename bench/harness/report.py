@@ -21,6 +21,7 @@ COLUMNS = (
     ("hit", "prefix hit %"),
     ("skew", "max pod share"),
     ("queue", "queue mean/max"),
+    ("preempt", "preempted"),
     ("obs", "pod time polled %"),
     ("ape", "pred. error p50/p90 %"),
 )
@@ -71,6 +72,7 @@ def row(r: dict[str, Any]) -> dict[str, str]:
         "hit": _num(None if r.get("prefix_hit_rate") is None else r["prefix_hit_rate"] * 100),
         "skew": "-" if skew is None else f"{skew:.2f} (fair {1 / max(n_pods, 1):.2f})",
         "queue": "-" if not queue else f"{queue['mean_waiting']:.1f}/{queue['max_waiting']:.0f}",
+        "preempt": _num(r.get("preemptions"), "{:d}"),
         "ape": _pct(r.get("prediction_ape")),
         "obs": _num(
             None if r.get("observation_share") is None else r["observation_share"] * 100,

@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.harness.podmetrics import (
     HITS,
+    PREEMPTIONS,
     QUERIES,
     RENDER_SECONDS,
     RENDERS,
@@ -130,6 +131,7 @@ def pod_summary(pod_deltas: dict[str, dict[str, float]]) -> dict[str, Any]:
         "prefix_query_tokens": queries,
         "pod_requests": dict(sorted(served.items())),
         "pod_share_metrics": share(served),
+        "preemptions": int(sum(d.get(PREEMPTIONS, 0.0) for d in pod_deltas.values())),
     }
 
 
