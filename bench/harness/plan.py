@@ -47,7 +47,9 @@ REAL_KNOBS: dict[str, dict[str, Any]] = {
         "question_len": 8,
         "output_len": 8,
     },
-    "multi_turn": {"sessions": 8, "system_len": 110, "user_len": 8, "output_len": 8},
+    # 8 conversations at a time, each ending after 6 turns (prompts ~700-1,300 tokens):
+    # without ``turns`` histories grow with the run until they pass the pods' context.
+    "multi_turn": {"sessions": 8, "system_len": 110, "user_len": 8, "output_len": 8, "turns": 6},
     "uniform": {"prompt_len": (30, 300), "output_len": (4, 16)},
 }
 REAL_WORKLOADS = "shared_prefix"
